@@ -1,0 +1,277 @@
+"""GPT-2's byte-level BPE, as OpenAI released it.
+
+Text is cut into pieces by a regular expression, each piece's UTF-8 bytes are
+merged pairwise by the ranked merge list in ``vocab.bpe`` until no ranked pair
+is left, and every resulting byte string is looked up in ``encoder.json``.
+
+The files spell byte strings with a printable stand-in character for each
+byte (``bytes_to_unicode``); we translate them back to real ``bytes`` once at
+load time, so the algorithm below works on bytes and reads as it is defined.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Collection, Iterable, Iterator
+from itertools import chain
+from pathlib import Path
+from typing import Literal
+
+import regex
+
+ENDOFTEXT = "<|endoftext|>"
+
+# Letters and digits first assigned in Unicode 17.0. The `regex` module
+# classes them as \p{L} / \p{N}, while tiktoken's regex engine (Unicode
+# 16.0), the reference we match, sees them as unassigned symbols. We treat
+# them as tiktoken does, so ids agree on every string (tests probe each one).
+UNICODE_17_LETTERS = (
+    "\u088f\u0c5c\u0cdc\ua7ce\ua7cf\ua7d2\ua7d4\ua7f1\U00010940-\U00010959"
+    "\U00010ec5-\U00010ec7\U00011db0-\U00011ddb\U00016ea0-\U00016eb8"
+    "\U00016ebb-\U00016ed3\U00016ff2\U00016ff3\U000187f8-\U000187ff"
+    "\U00018d09-\U00018d1e\U00018d80-\U00018df2\U0001e6c0-\U0001e6de"
+    "\U0001e6e0-\U0001e6e2\U0001e6e4\U0001e6e5\U0001e6e7-\U0001e6ed"
+    "\U0001e6f0-\U0001e6f4\U0001e6fe\U0001e6ff\U0002b73a-\U0002b73f"
+    "\U0002cea2-\U0002cead\U000323b0-\U00033479"
+)
+UNICODE_17_DIGITS = "\U00011de0-\U00011de9\U00016ff4-\U00016ff6"
+
+# The pre-tokenizer: contractions, letters, digits, other symbols (each may
+# take one leading space), then whitespace. ``\s+(?!\S)`` leaves the last
+# space of a run for the next word, so " world" stays one piece. This is
+# OpenAI's pattern, with its contractions 's|'t|'re|'ve|'m|'ll|'d written as
+# one group (the same matches, found faster).
+PATTERN = regex.compile(
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+)
+# The same pattern with the Unicode 17.0 letters and digits moved to "other";
+# slower, so used only for text that holds one of them (see _PieceCache).
+HAS_UNICODE_17 = regex.compile(f"[{UNICODE_17_LETTERS}{UNICODE_17_DIGITS}]")
+PATTERN_UNICODE_16 = regex.compile(
+    "(?V1)'(?:[sdmt]|ll|ve|re)"
+    f"| ?[\\p{{L}}--[{UNICODE_17_LETTERS}]]+"
+    f"| ?[\\p{{N}}--[{UNICODE_17_DIGITS}]]+"
+    f"| ?[[^\\s\\p{{L}}\\p{{N}}]{UNICODE_17_LETTERS}{UNICODE_17_DIGITS}]+"
+    "|\\s+(?!\\S)|\\s+"
+)
+
+
+class EncoderFileError(ValueError):
+    """A vocabulary file is missing or malformed; the message names it."""
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """OpenAI's byte -> printable character table used in the vocab files.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes are
+    mapped, in order, to U+0100 and up, so no token is spelt with whitespace
+    or control characters.
+    """
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def bpe(word: bytes, ranks: dict[tuple[bytes, bytes], int]) -> list[bytes]:
+    """Merge a piece's bytes by rank: the lowest-ranked adjacent pair first,
+    every occurrence of it left to right, until no adjacent pair is ranked."""
+    parts = [word[i : i + 1] for i in range(len(word))]
+    while len(parts) > 1:
+        pairs = zip(parts, parts[1:])
+        best = min(pairs, key=lambda pair: ranks.get(pair, float("inf")))
+        if best not in ranks:
+            break
+        first, second = best
+        merged: list[bytes] = []
+        i = 0
+        while i < len(parts):
+            if i < len(parts) - 1 and parts[i] == first and parts[i + 1] == second:
+                merged.append(first + second)
+                i += 2
+            else:
+                merged.append(parts[i])
+                i += 1
+        parts = merged
+    return parts
+
+
+class _PieceCache(dict):
+    """piece (str) -> token ids; fills itself on a miss, and forgets its
+    oldest half when full so that memory stays bounded on any input.
+
+    Pieces holding a Unicode 17.0 letter or digit are never stored, so every
+    text containing one misses on it; the miss raises ``saw_unicode_17``.
+    Checking only misses keeps the check off the hot path.
+    """
+
+    def __init__(self, encoder: Encoder, max_size: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.max_size = max_size
+        self.saw_unicode_17 = False
+
+    def __missing__(self, piece: str) -> tuple[int, ...]:
+        ids = self.encoder.encode_piece(piece)
+        if HAS_UNICODE_17.search(piece):
+            self.saw_unicode_17 = True
+            return ids
+        if len(self) >= self.max_size:
+            for key in list(self)[: self.max_size // 2]:
+                del self[key]
+        self[piece] = ids
+        return ids
+
+
+class Encoder:
+    """GPT-2's tokenizer: ``encode`` text to ids, ``decode`` ids to text."""
+
+    def __init__(
+        self,
+        token_to_id: dict[bytes, int],
+        merges: list[tuple[bytes, bytes]],
+        *,
+        cache_size: int = 1 << 16,
+    ) -> None:
+        self.token_to_id = token_to_id
+        self.id_to_token = {i: t for t, i in token_to_id.items()}
+        self.ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self.n_vocab = len(token_to_id)
+        self.eot_token = token_to_id[ENDOFTEXT.encode()]
+        self._cache = _PieceCache(self, cache_size)
+
+    def encode_piece(self, piece: str) -> tuple[int, ...]:
+        """Token ids of one pre-tokenized piece."""
+        tokens = bpe(piece.encode("utf-8"), self.ranks)
+        return tuple(self.token_to_id[t] for t in tokens)
+
+    def encode(
+        self, text: str, *, allowed_special: Collection[str] | Literal["all"] = ()
+    ) -> list[int]:
+        """Token ids of ``text``.
+
+        ``<|endoftext|>`` in the text is ordinary text by default (7 tokens),
+        as in OpenAI's encoder and tiktoken's ``encode_ordinary``. Pass
+        ``allowed_special="all"`` (or ``{"<|endoftext|>"}``) to map it to
+        ``eot_token`` (50256) instead.
+
+        Lone surrogates (only possible in Python strings) cannot be UTF-8
+        encoded; like tiktoken we round-trip the text through UTF-16, which
+        joins valid surrogate pairs and turns lone ones into U+FFFD.
+        """
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        if allowed_special == "all" or ENDOFTEXT in allowed_special:
+            ids: list[int] = []
+            for i, chunk in enumerate(text.split(ENDOFTEXT)):
+                if i:
+                    ids.append(self.eot_token)
+                ids.extend(self._encode_ordinary(chunk))
+            return ids
+        return self._encode_ordinary(text)
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        cache = self._cache
+        cache.saw_unicode_17 = False
+        ids = list(chain.from_iterable(map(cache.__getitem__, PATTERN.findall(text))))
+        if cache.saw_unicode_17:
+            pieces = PATTERN_UNICODE_16.findall(text)
+            ids = list(chain.from_iterable(map(cache.__getitem__, pieces)))
+        return ids
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The exact bytes that ``ids`` stand for."""
+        return b"".join(map(self.id_to_token.__getitem__, ids))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; bytes that are not valid UTF-8 become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def stream_decoder(self) -> StreamDecoder:
+        """A decoder for ids arriving one by one (see ``StreamDecoder``)."""
+        return StreamDecoder(self)
+
+
+class StreamDecoder:
+    """Turns ids into text as they arrive, holding back the bytes of a
+    character split across tokens until it is complete, so a terminal never
+    sees half a UTF-8 character. Call ``flush`` at the end."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, ids: Iterable[int]) -> str:
+        return self._utf8.decode(self.encoder.decode_bytes(ids))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+def iter_merges(lines: Iterator[str], path: Path) -> Iterator[tuple[str, str]]:
+    for number, line in enumerate(lines, start=1):
+        if number == 1 and line.startswith("#version"):
+            continue
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise EncoderFileError(f"{path}: line {number} is not a merge pair: {line!r}")
+        yield parts[0], parts[1]
+
+
+def load_encoder(model_dir: str | Path, *, cache_size: int = 1 << 16) -> Encoder:
+    """Read ``encoder.json`` and ``vocab.bpe`` from a model folder."""
+    model_dir = Path(model_dir)
+    json_path, bpe_path = model_dir / "encoder.json", model_dir / "vocab.bpe"
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+
+    def to_bytes(spelled: str, path: Path) -> bytes:
+        try:
+            return bytes(byte_of[c] for c in spelled)
+        except KeyError:
+            raise EncoderFileError(f"{path}: {spelled!r} is not a byte-level token") from None
+
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            spelled_ids = json.load(f)
+        with open(bpe_path, encoding="utf-8") as f:
+            merge_lines = f.read().splitlines()
+    except FileNotFoundError as e:
+        raise EncoderFileError(f"{e.filename}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EncoderFileError(f"{e.filename or model_dir}: cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise EncoderFileError(f"{json_path}: not valid JSON: {e}") from None
+    if not isinstance(spelled_ids, dict) or not all(
+        isinstance(i, int) for i in spelled_ids.values()
+    ):
+        raise EncoderFileError(f"{json_path}: expected an object of token -> integer id")
+    if ENDOFTEXT not in spelled_ids:
+        raise EncoderFileError(f"{json_path}: has no {ENDOFTEXT} token")
+
+    token_to_id = {
+        (ENDOFTEXT.encode() if t == ENDOFTEXT else to_bytes(t, json_path)): i
+        for t, i in spelled_ids.items()
+    }
+    merges = [
+        (to_bytes(a, bpe_path), to_bytes(b, bpe_path))
+        for a, b in iter_merges(iter(merge_lines), bpe_path)
+    ]
+    for a, b in merges:
+        if a + b not in token_to_id:
+            raise EncoderFileError(
+                f"{bpe_path}: merge {a!r} + {b!r} makes a token missing from {json_path}"
+            )
+    return Encoder(token_to_id, merges, cache_size=cache_size)
