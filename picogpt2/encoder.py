@@ -87,7 +87,7 @@ def bpe(word: bytes, ranks: dict[tuple[bytes, bytes], int]) -> list[bytes]:
     every occurrence of it left to right, until no adjacent pair is ranked."""
     parts = [word[i : i + 1] for i in range(len(word))]
     while len(parts) > 1:
-        pairs = zip(parts, parts[1:])
+        pairs = zip(parts, parts[1:], strict=False)
         best = min(pairs, key=lambda pair: ranks.get(pair, float("inf")))
         if best not in ranks:
             break
