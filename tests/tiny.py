@@ -1,0 +1,66 @@
+"""Tiny GPT-2 models in OpenAI's exact folder layout, with random weights,
+for tests that must not need the network or the real 500 MB checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from picogpt2.checkpoint import write_tf_checkpoint
+from picogpt2.encoder import bytes_to_unicode
+
+# A small merge list over the byte alphabet, enough to exercise BPE.
+MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n")]
+
+
+def vocab_files() -> tuple[dict[str, int], str]:
+    spelled = list(bytes_to_unicode().values())
+    tokens = spelled + [a + b for a, b in MERGES] + ["<|endoftext|>"]
+    encoder = {t: i for i, t in enumerate(tokens)}
+    bpe = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES)
+    return encoder, bpe
+
+
+def tiny_tensors(hparams: dict, seed: int = 0, scale: float = 0.2) -> dict[str, np.ndarray]:
+    """Random float32 tensors named and shaped exactly like OpenAI's."""
+    rng = np.random.default_rng(seed)
+    n_embd, n_vocab, n_ctx = hparams["n_embd"], hparams["n_vocab"], hparams["n_ctx"]
+
+    def rand(*shape):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    tensors = {"model/wte": rand(n_vocab, n_embd), "model/wpe": rand(n_ctx, n_embd)}
+    tensors["model/ln_f/g"] = 1 + rand(n_embd)
+    tensors["model/ln_f/b"] = rand(n_embd)
+    for i in range(hparams["n_layer"]):
+        p = f"model/h{i}"
+        for norm in ("ln_1", "ln_2"):
+            tensors[f"{p}/{norm}/g"] = 1 + rand(n_embd)
+            tensors[f"{p}/{norm}/b"] = rand(n_embd)
+        for name, n_in, n_out in [
+            ("attn/c_attn", n_embd, 3 * n_embd),
+            ("attn/c_proj", n_embd, n_embd),
+            ("mlp/c_fc", n_embd, 4 * n_embd),
+            ("mlp/c_proj", 4 * n_embd, n_embd),
+        ]:
+            tensors[f"{p}/{name}/w"] = rand(1, n_in, n_out)
+            tensors[f"{p}/{name}/b"] = rand(n_out)
+    return tensors
+
+
+def make_tiny_model(
+    folder: Path, *, n_layer: int = 2, n_head: int = 2, n_embd: int = 16, n_ctx: int = 64,
+    seed: int = 0, n_shards: int = 1,
+) -> Path:  # fmt: skip
+    """Write hparams.json, encoder.json, vocab.bpe and a TF checkpoint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder, bpe = vocab_files()
+    hparams = {"n_vocab": len(encoder), "n_ctx": n_ctx, "n_embd": n_embd, "n_head": n_head,
+               "n_layer": n_layer}  # fmt: skip
+    (folder / "hparams.json").write_text(json.dumps(hparams))
+    (folder / "encoder.json").write_text(json.dumps(encoder))
+    (folder / "vocab.bpe").write_text(bpe)
+    write_tf_checkpoint(folder / "model.ckpt", tiny_tensors(hparams, seed), n_shards=n_shards)
+    return folder
