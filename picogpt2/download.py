@@ -38,7 +38,9 @@ SIZES = {
 }
 SMALL_FILES = ["hparams.json", "encoder.json", "vocab.bpe", "checkpoint", "model.ckpt.index"]
 SHARD_FILE = "model.ckpt.data-00000-of-00001"
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # bytes per read; a cut transfer loses at most this much
+# Failures worth a retry: the connection, not the request, went wrong.
+RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 class DownloadError(RuntimeError):
@@ -169,7 +171,7 @@ def fetch(
                     raise requests.ConnectionError(f"got {size} of {total} bytes")
             os.replace(part, dest)
             return
-        except (requests.ConnectionError, requests.Timeout) as e:
+        except RETRYABLE as e:
             attempt += 1
             if attempt > retries:
                 raise DownloadError(f"giving up on {url} after {retries} retries: {e}") from None
