@@ -1,0 +1,121 @@
+"""The generate command as a user runs it, in a subprocess."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny import make_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_model(root / "tiny", n_ctx=32)
+    return root
+
+
+def run(*args, stdin=None, module=True):
+    cmd = [sys.executable, "-m", "picogpt2.generate"] if module else [
+        sys.executable, str(ROOT / "picogpt2" / "generate.py"),
+    ]  # fmt: skip
+    env = {**os.environ, "PICOGPT2_BASE_URL": "http://127.0.0.1:9"}  # never the network
+    return subprocess.run([*cmd, *args], input=stdin, capture_output=True, text=True, env=env,
+                          timeout=60, cwd=ROOT)  # fmt: skip
+
+
+def tiny_args(models):
+    return ["--model-size", "tiny", "--models-dir", str(models)]
+
+
+def test_generates_after_the_prompt(models):
+    r = run("the cat", "--n-tokens", "5", *tiny_args(models))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("the cat") and len(r.stdout) > len("the cat\n")
+    assert "loading" in r.stderr
+
+
+def test_greedy_is_deterministic_and_seed_reproduces(models):
+    a = run("the", "--n-tokens", "6", *tiny_args(models)).stdout
+    assert a == run("the", "--n-tokens", "6", *tiny_args(models)).stdout
+    s1 = run("the", "--n-tokens", "6", "--top-k", "50", "--seed", "5", *tiny_args(models)).stdout
+    s2 = run("the", "--n-tokens", "6", "--top-k", "50", "--seed", "5", *tiny_args(models)).stdout
+    assert s1 == s2
+
+
+def test_runs_as_a_file(models):
+    r = run("the", "--n-tokens", "2", *tiny_args(models), module=False)
+    assert r.returncode == 0, r.stderr
+
+
+def test_prompt_from_stdin(models):
+    r = run("--n-tokens", "3", *tiny_args(models), stdin="from stdin")
+    assert r.returncode == 0 and r.stdout.startswith("from stdin")
+
+
+def test_empty_prompt_starts_from_endoftext(models):
+    r = run("", "--n-tokens", "3", *tiny_args(models))
+    assert r.returncode == 0, r.stderr
+
+
+def test_zero_tokens_prints_the_prompt(models):
+    r = run("hello", "--n-tokens", "0", *tiny_args(models))
+    assert r.returncode == 0 and r.stdout == "hello\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--n-tokens", "-1"], "--n-tokens must be >= 0"),
+        (["--top-k", "0"], "top-k must be >= 1"),
+        (["--top-p", "0"], "top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "top-p must be in (0, 1]"),
+        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--model-size", "2B"], "unknown model size '2B'"),
+        (["--n-tokens", "1024"], "leaves no room for a prompt"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2_before_any_work(args, message, tmp_path):
+    r = run("x", "--models-dir", str(tmp_path), *args)
+    assert r.returncode == 2
+    assert message in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing downloaded or written
+
+
+def test_prompt_longer_than_context(models):
+    r = run("x " * 40, *tiny_args(models))
+    assert r.returncode == 2 and "exceeds the context of 32" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_cupy_is_a_clear_error(models):
+    pytest.importorskip("numpy")
+    try:
+        import cupy  # noqa: F401
+
+        pytest.skip("CuPy is installed here")
+    except ImportError:
+        pass
+    r = run("x", "--backend", "cupy", *tiny_args(models))
+    assert r.returncode == 1 and "needs CuPy" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unreachable_download_is_one_line(tmp_path, monkeypatch, capsys):
+    from picogpt2 import download, generate
+
+    monkeypatch.setattr(download.time, "sleep", lambda seconds: None)
+    monkeypatch.setenv("PICOGPT2_BASE_URL", "http://127.0.0.1:9")
+    assert generate.main(["x", "--models-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "giving up" in err.splitlines()[-1]
+    assert not (tmp_path / "124M" / "model.safetensors").exists()
+
+
+def test_help_documents_every_flag():
+    r = run("--help")
+    for flag in ("--n-tokens", "--model-size", "--models-dir", "--top-k", "--top-p",
+                 "--temperature", "--seed", "--backend"):  # fmt: skip
+        assert flag in r.stdout

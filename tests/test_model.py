@@ -1,0 +1,177 @@
+import numpy as np
+import pytest
+from tiny import make_tiny_model
+
+from picogpt2 import gpt2
+from picogpt2.model import load_model
+from picogpt2.weights import WeightsError
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_model(root / "tiny", n_layer=3, n_head=4, n_embd=32, n_ctx=48)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(models):
+    return load_model("tiny", models)
+
+
+IDS = [83, 257, 220, 66, 64, 83, 220, 259, 258, 220, 71, 64, 83, 12, 99]
+
+
+def test_gelu_is_the_tanh_form():
+    x = np.array([-3.0, -1.0, 0.0, 0.5, 1.0, 3.0])
+    expected = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+    np.testing.assert_allclose(gpt2.gelu(x), expected, rtol=1e-15)
+    assert gpt2.gelu(np.float32(1.0)) == pytest.approx(0.8411920, abs=1e-7)
+
+
+def test_softmax_is_stable_and_normalised():
+    p = gpt2.softmax(np.array([[1000.0, 1000.0, -np.inf]]))
+    np.testing.assert_allclose(p, [[0.5, 0.5, 0.0]])
+
+
+def test_layer_norm_uses_biased_variance_and_eps_inside_sqrt():
+    x = np.array([[1.0, 2.0, 3.0, 4.0]])
+    out = gpt2.layer_norm(x, np.ones(4), np.zeros(4))
+    np.testing.assert_allclose(out, (x - 2.5) / np.sqrt(1.25 + 1e-5), rtol=1e-14)
+
+
+def test_attention_is_causal():
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((3, 2, 5, 4))
+    out, probs = gpt2.attention(q, k, v)
+    assert np.allclose(np.triu(probs[0], 1), 0) and np.allclose(probs.sum(-1), 1)
+    # Changing a later position never changes an earlier output.
+    k2, v2 = k.copy(), v.copy()
+    k2[:, 3:], v2[:, 3:] = 9.0, 9.0
+    out2, _ = gpt2.attention(q, k2, v2)
+    np.testing.assert_allclose(out[:, :3], out2[:, :3])
+
+
+def test_logits_shape_and_dtype(model):
+    logits = model.logits(IDS)
+    assert logits.shape == (len(IDS), model.hparams.n_vocab) and logits.dtype == np.float32
+
+
+def test_cache_gives_the_same_logits(model):
+    full = model.logits(IDS)
+    for split in (1, 5, len(IDS) - 1):
+        cache = model.new_cache()
+        parts = [IDS[:split], *[[i] for i in IDS[split:]]]
+        rows = [
+            gpt2.lm_head(gpt2.gpt2_hidden(np.array(p), model.params, 4, cache), model.params["wte"])
+            for p in parts
+        ]
+        np.testing.assert_allclose(np.concatenate(rows), full, rtol=1e-5, atol=1e-5)
+        assert cache.length == len(IDS)
+
+
+def test_positions_continue_after_the_cache(model):
+    # A token after a cached prefix differs from the same token alone.
+    cache = model.new_cache()
+    gpt2.gpt2_hidden(np.array(IDS[:4]), model.params, 4, cache)
+    after = gpt2.gpt2_hidden(np.array([IDS[4]]), model.params, 4, cache)
+    alone = gpt2.gpt2_hidden(np.array([IDS[4]]), model.params, 4)
+    assert not np.allclose(after, alone)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_no_silent_upcast_in_any_intermediate(models, monkeypatch, dtype):
+    model = load_model("tiny", models, dtype=dtype)
+    seen = []
+    for name in ("gelu", "softmax", "layer_norm", "linear", "ffn", "attention", "split_heads",
+                 "merge_heads", "mha", "transformer_block", "lm_head"):  # fmt: skip
+        original = getattr(gpt2, name)
+
+        def recording(*args, _original=original, _name=name, **kwargs):
+            out = _original(*args, **kwargs)
+            for array in out if isinstance(out, tuple) else (out,):
+                seen.append((_name, array.dtype))
+            return out
+
+        monkeypatch.setattr(gpt2, name, recording)
+    list(model.stream(IDS[:5], 3))
+    assert len(seen) > 50
+    assert {d for _, d in seen} == {np.dtype(dtype)}, sorted(set(seen))
+
+
+def test_float64_agrees_with_float32(models):
+    f32 = load_model("tiny", models).logits(IDS)
+    f64 = load_model("tiny", models, dtype="float64").logits(IDS)
+    assert f64.dtype == np.float64
+    assert np.max(np.abs(f32 - f64)) < 1e-5 * np.max(np.abs(f64))
+
+
+def test_generate_returns_new_ids_and_greedy_matches_argmax(model):
+    new = model.generate(IDS, 6)
+    assert len(new) == 6
+    sequence = list(IDS)
+    for _ in range(6):
+        sequence.append(int(np.argmax(model.logits(sequence)[-1])))
+    assert sequence[len(IDS) :] == new
+
+
+def test_top_k_one_is_greedy(model):
+    assert model.generate(IDS, 5, top_k=1, seed=3) == model.generate(IDS, 5)
+
+
+def test_seed_makes_sampling_reproducible(model):
+    a = model.generate(IDS, 8, top_k=50, top_p=0.95, temperature=1.3, seed=42)
+    b = model.generate(IDS, 8, top_k=50, top_p=0.95, temperature=1.3, seed=42)
+    c = model.generate(IDS, 8, top_k=50, top_p=0.95, temperature=1.3, seed=43)
+    assert a == b and a != c
+
+
+def test_trace_keys_shapes_and_dtypes(model):
+    h, n = model.hparams, len(IDS)
+    out = model.trace(IDS, attn=True)
+    assert out["ids"].dtype == np.int64 and out["ids"].tolist() == IDS
+    assert out["logits"].shape == (n, h.n_vocab)
+    assert out["hidden"].shape == (h.n_layer + 1, n, h.n_embd)
+    assert out["ln_f"].shape == (n, h.n_embd)
+    assert out["attn"].shape == (h.n_layer, h.n_head, n, n)
+    np.testing.assert_allclose(out["logits"], model.logits(IDS), rtol=1e-6)
+    wte, wpe = model.params["wte"], model.params["wpe"]
+    np.testing.assert_array_equal(out["hidden"][0], wte[IDS] + wpe[:n])
+    ln_f = model.params["ln_f"]
+    np.testing.assert_allclose(out["ln_f"], gpt2.layer_norm(out["hidden"][-1], **ln_f), rtol=1e-6)
+    assert "attn" not in model.trace(IDS)
+
+
+def test_context_and_id_limits(model):
+    with pytest.raises(ValueError, match="exceeds the context of 48"):
+        model.generate(IDS, 48 - len(IDS) + 1)
+    assert len(model.generate(IDS, 48 - len(IDS))) == 48 - len(IDS)
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 264\)"):
+        model.logits([264])
+    with pytest.raises(ValueError, match="at least one"):
+        model.logits([])
+    with pytest.raises(ValueError, match="top-p"):
+        model.generate(IDS, 1, top_p=0)
+
+
+def test_load_refuses_download_when_told(tmp_path):
+    with pytest.raises(WeightsError, match="not downloaded"):
+        load_model("124M", tmp_path, download=False)
+    with pytest.raises(WeightsError, match="no model there"):
+        load_model("mine", tmp_path)
+
+
+def test_unknown_dtype_and_backend(models):
+    from picogpt2.backend import BackendError
+
+    with pytest.raises(ValueError, match="dtype"):
+        load_model("tiny", models, dtype="float16")
+    with pytest.raises(BackendError, match="unknown backend"):
+        load_model("tiny", models, backend="jax")
+
+
+def test_sharded_openai_layout_folder_loads(tmp_path):
+    make_tiny_model(tmp_path / "ft", n_shards=2)
+    model = load_model("ft", tmp_path)
+    assert model.logits([1, 2]).shape == (2, 264)
+    assert (tmp_path / "ft" / "model.ckpt.data-00000-of-00002").exists()  # user's files kept

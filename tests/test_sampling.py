@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+
+from picogpt2.sampling import SplitMix64, check_sampling_args, is_greedy, sample
+
+
+def test_splitmix64_first_outputs_are_pinned():
+    rng = SplitMix64(0)
+    assert [rng.next_u64() for _ in range(3)] == [
+        0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F,
+    ]  # fmt: skip
+    rng = SplitMix64(42)
+    assert rng.next_u64() == 0xBDD732262FEB6E95
+    assert SplitMix64(42).uniform() == (0xBDD732262FEB6E95 >> 11) * 2.0**-53
+
+
+def test_uniform_is_in_unit_interval():
+    rng = SplitMix64(7)
+    draws = [rng.uniform() for _ in range(10000)]
+    assert 0 <= min(draws) and max(draws) < 1 and abs(np.mean(draws) - 0.5) < 0.02
+
+
+def fixed_rng(u: float):
+    class Fixed:
+        def uniform(self):
+            return u
+
+    return Fixed()
+
+
+LOGITS = np.log(np.array([0.1, 0.4, 0.2, 0.3], dtype=np.float32))  # sorted: 1, 3, 2, 0
+
+
+@pytest.mark.parametrize(
+    "u, expected", [(0.0, 1), (0.39, 1), (0.41, 3), (0.69, 3), (0.71, 2), (0.89, 2), (0.91, 0)]
+)
+def test_inverse_cdf_over_descending_order(u, expected):
+    assert sample(LOGITS, fixed_rng(u), temperature=1.0) == expected
+
+
+def test_top_k_keeps_the_k_largest():
+    # top-2 keeps tokens 1 (0.4) and 3 (0.3): cdf 4/7 then 1.
+    assert sample(LOGITS, fixed_rng(0.56), top_k=2) == 1
+    assert sample(LOGITS, fixed_rng(0.58), top_k=2) == 3
+    assert sample(LOGITS, fixed_rng(0.999), top_k=2) == 3
+
+
+def test_top_k_keeps_ties_at_the_boundary():
+    logits = np.array([1.0, 3.0, 2.0, 2.0, 0.0])
+    assert {sample(logits, fixed_rng(u), top_k=2) for u in np.linspace(0, 0.999, 50)} == {1, 2, 3}
+
+
+def test_top_p_keeps_the_token_that_crosses():
+    # cumulative in order 1, 3, 2, 0: 0.4, 0.7, 0.9, 1.0.
+    assert {sample(LOGITS, fixed_rng(u), top_p=0.5) for u in np.linspace(0, 0.999, 50)} == {1, 3}
+    assert {sample(LOGITS, fixed_rng(u), top_p=0.4) for u in np.linspace(0, 0.999, 50)} == {1}
+    assert {sample(LOGITS, fixed_rng(u), top_p=0.71) for u in np.linspace(0, 0.999, 50)} == {
+        1, 2, 3,
+    }  # fmt: skip
+
+
+def test_top_k_then_top_p():
+    # top-3 renormalises 0.4, 0.3, 0.2 to 4/9, 3/9, 2/9; top-p 0.7 keeps 1 and 3.
+    assert {
+        sample(LOGITS, fixed_rng(u), top_k=3, top_p=0.7) for u in np.linspace(0, 0.999, 50)
+    } == {1, 3}
+
+
+def test_temperature_sharpens_and_flattens():
+    rng = SplitMix64(1)
+    cold = [sample(LOGITS, rng, temperature=0.05) for _ in range(200)]
+    assert cold.count(1) > 190
+    rng = SplitMix64(1)
+    hot = [sample(LOGITS, rng, temperature=100.0) for _ in range(2000)]
+    assert all(abs(hot.count(t) / 2000 - 0.25) < 0.05 for t in range(4))
+
+
+def test_frequencies_follow_probabilities():
+    rng = SplitMix64(2024)
+    draws = [sample(LOGITS, rng, temperature=1.0) for _ in range(20000)]
+    freq = np.bincount(draws, minlength=4) / len(draws)
+    np.testing.assert_allclose(freq, [0.1, 0.4, 0.2, 0.3], atol=0.015)
+
+
+def test_greedy_rules():
+    assert is_greedy(None, None, None) and is_greedy(0.0, 40, 0.9) and is_greedy(None, 1, None)
+    assert not is_greedy(None, 40, None) and not is_greedy(0.7, None, None)
+    assert sample(LOGITS, SplitMix64(0)) == 1
+    assert sample(np.array([2.0, 5.0, 5.0]), SplitMix64(0), temperature=0) == 1  # lowest id
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_k": 0}, "top-k"),
+        ({"top_p": 0.0}, "top-p"),
+        ({"top_p": 1.01}, "top-p"),
+        ({"temperature": float("nan")}, "temperature"),
+    ],
+)
+def test_invalid_settings(kwargs, message):
+    args = {"temperature": None, "top_k": None, "top_p": None, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        check_sampling_args(**args)
+
+
+def test_worked_example_in_readme():
+    """The README's worked example of the portable sampler, step by step."""
+    rng = SplitMix64(1234)
+    assert [rng.next_u64() for _ in range(3)] == [
+        0xBB0CF61B2F181CDB, 0x97C7A1364DF06524, 0x33BEFAE49BC025DA,
+    ]  # fmt: skip
+    rng = SplitMix64(1234)
+    assert [rng.uniform() for _ in range(3)] == [
+        0.730666524540624, 0.5928898580149862, 0.20213287431010984,
+    ]  # fmt: skip
+    logits = np.array([2.0, 1.0, 0.5, 3.0, -1.0], np.float32)
+    rng = SplitMix64(1234)
+    assert [sample(logits, rng, temperature=2.0, top_k=3) for _ in range(3)] == [0, 0, 3]
