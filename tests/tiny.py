@@ -51,16 +51,30 @@ def tiny_tensors(hparams: dict, seed: int = 0, scale: float = 0.2) -> dict[str, 
 
 
 def make_tiny_model(
-    folder: Path, *, n_layer: int = 2, n_head: int = 2, n_embd: int = 16, n_ctx: int = 64,
-    seed: int = 0, n_shards: int = 1,
-) -> Path:  # fmt: skip
+    folder: Path,
+    *,
+    n_layer: int = 2,
+    n_head: int = 2,
+    n_embd: int = 16,
+    n_ctx: int = 64,
+    seed: int = 0,
+    n_shards: int = 1,
+    n_vocab: int | None = None,
+    scale: float = 0.2,
+) -> Path:
     """Write hparams.json, encoder.json, vocab.bpe and a TF checkpoint."""
     folder.mkdir(parents=True, exist_ok=True)
     encoder, bpe = vocab_files()
-    hparams = {"n_vocab": len(encoder), "n_ctx": n_ctx, "n_embd": n_embd, "n_head": n_head,
-               "n_layer": n_layer}  # fmt: skip
+    hparams = {
+        "n_vocab": n_vocab or len(encoder),
+        "n_ctx": n_ctx,
+        "n_embd": n_embd,
+        "n_head": n_head,
+        "n_layer": n_layer,
+    }
     (folder / "hparams.json").write_text(json.dumps(hparams))
     (folder / "encoder.json").write_text(json.dumps(encoder))
     (folder / "vocab.bpe").write_text(bpe)
-    write_tf_checkpoint(folder / "model.ckpt", tiny_tensors(hparams, seed), n_shards=n_shards)
+    tensors = tiny_tensors(hparams, seed, scale)
+    write_tf_checkpoint(folder / "model.ckpt", tensors, n_shards=n_shards)
     return folder

@@ -1,0 +1,138 @@
+"""Exactness against HuggingFace transformers' GPT2LMHeadModel, loaded with
+the same weights (its Conv1D keeps the checkpoint's [in, out] layout, so the
+weights map one to one). Runs when torch and transformers are installed:
+
+    python -m pip install -e ".[oracle]" && python -m pytest -q -m oracle
+"""
+
+import numpy as np
+import pytest
+from tiny import make_tiny_model
+
+from picogpt2.model import load_model
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.oracle
+
+N_INPUT = 64
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Random weights with GPT-2 124M's shapes, in OpenAI's file format."""
+    root = tmp_path_factory.mktemp("oracle")
+    make_tiny_model(
+        root / "124M-random",
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        n_ctx=1024,
+        n_vocab=50257,
+        scale=0.1,
+    )
+    return root
+
+
+def hf_model(ours, dtype):
+    h = ours.hparams
+    config = transformers.GPT2Config(
+        vocab_size=h.n_vocab,
+        n_positions=h.n_ctx,
+        n_embd=h.n_embd,
+        n_layer=h.n_layer,
+        n_head=h.n_head,
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=True,
+    )
+    config._attn_implementation = "eager"  # output_attentions needs the eager path
+    model = transformers.GPT2LMHeadModel(config).eval()
+    p = ours.params
+
+    def t(a):
+        return torch.from_numpy(np.array(a))
+
+    state = {
+        "transformer.wte.weight": t(p["wte"]),
+        "transformer.wpe.weight": t(p["wpe"]),
+        "transformer.ln_f.weight": t(p["ln_f"]["g"]),
+        "transformer.ln_f.bias": t(p["ln_f"]["b"]),
+    }
+    for i, block in enumerate(p["blocks"]):
+        pre = f"transformer.h.{i}."
+        pairs = {
+            "ln_1": block["ln_1"],
+            "ln_2": block["ln_2"],
+            "attn.c_attn": block["attn"]["c_attn"],
+            "attn.c_proj": block["attn"]["c_proj"],
+            "mlp.c_fc": block["mlp"]["c_fc"],
+            "mlp.c_proj": block["mlp"]["c_proj"],
+        }
+        for name, params in pairs.items():
+            weight = params["g"] if "g" in params else params["w"]
+            state[pre + name + ".weight"] = t(weight)
+            state[pre + name + ".bias"] = t(params["b"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("lm_head" in m or "attn.bias" in m for m in missing)
+    model.tie_weights()
+    return model.to(dtype)
+
+
+def input_ids(n_vocab):
+    return np.random.default_rng(1).integers(0, n_vocab, N_INPUT).tolist()
+
+
+@pytest.fixture(scope="module")
+def float32_pair(folder):
+    ours = load_model("124M-random", folder)
+    return ours, hf_model(ours, torch.float32)
+
+
+def test_float32_logits_within_2e5_of_largest(float32_pair):
+    ours, theirs = float32_pair
+    ids = input_ids(ours.hparams.n_vocab)
+    mine = ours.logits(ids)
+    with torch.no_grad():
+        ref = theirs(torch.tensor([ids])).logits[0].numpy()
+    err = np.max(np.abs(mine - ref)) / np.max(np.abs(ref))
+    assert err <= 2e-5, err
+
+
+def test_greedy_32_tokens_match_generate(float32_pair):
+    ours, theirs = float32_pair
+    ids = input_ids(ours.hparams.n_vocab)
+    with torch.no_grad():
+        out = theirs.generate(
+            torch.tensor([ids]),
+            max_new_tokens=32,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    assert ours.generate(ids, 32) == out[0, N_INPUT:].tolist()
+
+
+def test_float64_reference_agrees_to_1e10(folder):
+    ours = load_model("124M-random", folder, dtype="float64")
+    theirs = hf_model(ours, torch.float64)
+    ids = input_ids(ours.hparams.n_vocab)[:32]
+    trace = ours.trace(ids, attn=True)
+    with torch.no_grad():
+        ref = theirs(torch.tensor([ids]), output_hidden_states=True, output_attentions=True)
+    hidden = [h[0].numpy() for h in ref.hidden_states]
+
+    def rel(a, b):
+        return np.max(np.abs(a - b)) / np.max(np.abs(b))
+
+    assert rel(trace["logits"], ref.logits[0].numpy()) < 1e-10
+    # transformers' last hidden state is already normed: it is our ln_f.
+    for i in range(ours.hparams.n_layer):
+        assert rel(trace["hidden"][i], hidden[i]) < 1e-10, i
+    assert rel(trace["ln_f"], hidden[-1]) < 1e-10
+    attn = np.stack([a[0].numpy() for a in ref.attentions])
+    assert np.max(np.abs(trace["attn"] - attn)) < 1e-10
