@@ -176,8 +176,8 @@ def main() -> None:
 
     bandwidth = bandwidth_gbs()
     print(
-        f"NumPy read bandwidth: {bandwidth:.1f} GB/s; {os.cpu_count()} CPUs; "
-        f"decode = {N_DECODE} tokens after {PROMPT}, timed as T(n+1) - T(1); prefill = {N_PREFILL} tokens"
+        f"gemv read bandwidth: {bandwidth:.1f} GB/s; {os.cpu_count()} CPUs; decode = "
+        f"{N_DECODE} tokens after {PROMPT}, timed as T(n+1) - T(1); prefill = {N_PREFILL}"
     )
     header = (
         f"{'size':6} {'impl':13} {'decode tok/s':>12} {'vs hf':>6} {'bw bound':>9} "
