@@ -175,3 +175,13 @@ def test_sharded_openai_layout_folder_loads(tmp_path):
     model = load_model("ft", tmp_path)
     assert model.logits([1, 2]).shape == (2, 264)
     assert (tmp_path / "ft" / "model.ckpt.data-00000-of-00002").exists()  # user's files kept
+
+
+def test_backend_from_environment(models, monkeypatch):
+    from picogpt2.backend import BackendError
+
+    monkeypatch.setenv("PICOGPT2_BACKEND", "numpy")
+    assert load_model("tiny", models, backend=None).backend.name == "numpy"
+    monkeypatch.setenv("PICOGPT2_BACKEND", "tpu")
+    with pytest.raises(BackendError, match="unknown backend 'tpu'"):
+        load_model("tiny", models, backend=None)
