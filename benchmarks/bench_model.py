@@ -39,34 +39,13 @@ def random_model(models_dir: Path, size: str) -> str:
     if (folder / WEIGHTS_FILE).is_file():
         return name
     folder.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny import tiny_tensors, vocab_files
+
     h = expected_hparams(size)
-    rng = np.random.default_rng(0)
-    n_embd = h["n_embd"]
-
-    def rand(*shape):
-        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float32)
-
-    tensors = {"model/wte": rand(h["n_vocab"], n_embd), "model/wpe": rand(h["n_ctx"], n_embd)}
-    for i in range(h["n_layer"]):
-        p = f"model/h{i}"
-        for norm in ("ln_1", "ln_2"):
-            tensors[f"{p}/{norm}/g"] = np.ones(n_embd, np.float32)
-            tensors[f"{p}/{norm}/b"] = np.zeros(n_embd, np.float32)
-        for layer, n_in, n_out in [
-            ("attn/c_attn", n_embd, 3 * n_embd),
-            ("attn/c_proj", n_embd, n_embd),
-            ("mlp/c_fc", n_embd, 4 * n_embd),
-            ("mlp/c_proj", 4 * n_embd, n_embd),
-        ]:
-            tensors[f"{p}/{layer}/w"] = rand(1, n_in, n_out)
-            tensors[f"{p}/{layer}/b"] = np.zeros(n_out, np.float32)
-    tensors["model/ln_f/g"] = np.ones(n_embd, np.float32)
-    tensors["model/ln_f/b"] = np.zeros(n_embd, np.float32)
+    tensors = tiny_tensors(h, seed=0, scale=0.02)
     write_safetensors(folder / WEIGHTS_FILE, tensors, {"format": "picogpt2-random"})
     (folder / "hparams.json").write_text(json.dumps(h))
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny import vocab_files
-
     encoder, bpe = vocab_files()
     (folder / "encoder.json").write_text(json.dumps(encoder))
     (folder / "vocab.bpe").write_text(bpe)
