@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from picogpt2.checkpoint import CheckpointError
+from picogpt2.checkpoint import CheckpointError, read_tf_index
 from picogpt2.weights import WEIGHTS_FILE, convert, is_converted
 
 DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
@@ -238,8 +238,6 @@ def download_model(
 
 
 def _index_data_size(model_dir: Path) -> int:
-    from picogpt2.checkpoint import read_tf_index
-
     _, entries = read_tf_index(model_dir)
     return sum(e.size for e in entries.values())
 
