@@ -17,11 +17,9 @@ if __package__ in (None, ""):  # run as a file: python picogpt2/generate.py
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from picogpt2.cli import UsageError, add_model_arguments, check_model_argument, run_cli  # noqa: E402
-from picogpt2.download import SIZES  # noqa: E402
+from picogpt2.download import N_CTX, SIZES  # noqa: E402
 from picogpt2.model import load_model  # noqa: E402
 from picogpt2.sampling import check_sampling_args  # noqa: E402
-
-N_CTX = 1024  # every released size; a custom model's own n_ctx is checked once loaded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +73,7 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(str(e)) from None
     if args.n_tokens < 0:
         raise UsageError(f"--n-tokens must be >= 0, got {args.n_tokens}")
+    # Every released size has N_CTX; a custom model's own n_ctx is checked once loaded.
     if args.model_size in SIZES and args.n_tokens >= N_CTX:
         raise UsageError(f"--n-tokens {args.n_tokens} leaves no room for a prompt in {N_CTX}")
     check_model_argument(args)
