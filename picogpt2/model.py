@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from picogpt2.backend import Backend, get_backend
-from picogpt2.checkpoint import CheckpointError, find_checkpoint_prefix, read_tf_index, shard_path
 from picogpt2.download import SIZES, download_model
 from picogpt2.encoder import Encoder, load_encoder
 from picogpt2.gpt2 import KVCache, Params, gpt2_hidden, lm_head
 from picogpt2.sampling import SplitMix64, check_sampling_args, sample
-from picogpt2.weights import WeightsError, is_converted, load_weights
+from picogpt2.weights import WeightsError, has_complete_checkpoint, is_converted, load_weights
 
 DTYPES = ("float32", "float64")
 
@@ -200,15 +199,6 @@ class GPT2:
         )
 
 
-def _has_complete_checkpoint(model_dir: Path) -> bool:
-    try:
-        prefix = find_checkpoint_prefix(model_dir)
-        n_shards, _ = read_tf_index(prefix)
-    except CheckpointError:
-        return False
-    return all(shard_path(prefix, s, n_shards).is_file() for s in range(n_shards))
-
-
 def load_model(
     model_size: str = "124M",
     models_dir: str | Path = "weights",
@@ -227,7 +217,7 @@ def load_model(
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     model_dir = Path(models_dir) / model_size
     chosen = get_backend(backend)
-    if not is_converted(model_dir) and not _has_complete_checkpoint(model_dir):
+    if not is_converted(model_dir) and not has_complete_checkpoint(model_dir):
         if model_size not in SIZES:
             raise WeightsError(
                 f"{model_dir}: no model there (a folder needs hparams.json, encoder.json, "

@@ -23,7 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from picogpt2.checkpoint import CheckpointError, find_checkpoint_prefix, read_tf_checkpoint
+from picogpt2.checkpoint import (
+    CheckpointError,
+    find_checkpoint_prefix,
+    read_tf_checkpoint,
+    read_tf_index,
+    shard_path,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 ALIGN = 64  # header padded so every tensor starts 64-byte aligned
@@ -99,6 +105,16 @@ def has_checkpoint(model_dir: Path) -> bool:
     except CheckpointError:
         return False
     return True
+
+
+def has_complete_checkpoint(model_dir: Path) -> bool:
+    """A checkpoint whose index and every data shard are present."""
+    try:
+        prefix = find_checkpoint_prefix(model_dir)
+        n_shards, _ = read_tf_index(prefix)
+    except CheckpointError:
+        return False
+    return all(shard_path(prefix, s, n_shards).is_file() for s in range(n_shards))
 
 
 def is_converted(model_dir: Path) -> bool:
