@@ -215,14 +215,17 @@ def download_model(
             get(name)
     check_small_files(model_dir, model_size)
     refetched: set[Path] = set()
-    while not is_converted(model_dir):
-        if not (model_dir / SHARD_FILE).exists():
-            # The conversion writes a copy as large as the shard.
-            get(SHARD_FILE, extra_space=_index_data_size(model_dir))
-        if show_progress:
-            print(f"verifying and converting {model_dir} ...", file=sys.stderr)
+    while True:
+        if not is_converted(model_dir):
+            if not (model_dir / SHARD_FILE).exists():
+                # The conversion writes a copy as large as the shard.
+                get(SHARD_FILE, extra_space=_index_data_size(model_dir))
+            if show_progress:
+                print(f"verifying and converting {model_dir} ...", file=sys.stderr)
         try:
+            # A no-op when converted, but for dropping a shard an earlier run kept.
             convert(model_dir, keep_original=keep_original)
+            return model_dir
         except CheckpointError as e:
             damaged = e.path
             if damaged is None or damaged in refetched or not damaged.exists():
@@ -232,9 +235,6 @@ def download_model(
             damaged.unlink()
             if damaged.name != SHARD_FILE:
                 get(damaged.name)
-    if not keep_original:
-        convert(model_dir, keep_original=False)  # drop a shard left by an earlier run
-    return model_dir
 
 
 def _index_data_size(model_dir: Path) -> int:
