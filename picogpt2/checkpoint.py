@@ -16,7 +16,6 @@ number of shards, no compression. Anything else is refused by name.
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from picogpt2.atomic import atomic_write
 from picogpt2.crc32c import crc32c, mask
 
 TABLE_MAGIC = 0xDB4775248B80FB57
@@ -354,6 +354,5 @@ def write_tf_checkpoint(
         f'model_checkpoint_path: "{prefix.name}"\nall_model_checkpoint_paths: "{prefix.name}"\n'
     ).encode()
     for path, content in outputs.items():
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            f.write(content)

@@ -13,7 +13,6 @@ of block i-1, before any final norm); ln_f [n, n_embd]; with --attn, attn
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: python picogpt2/dump.py
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from picogpt2.atomic import atomic_write  # noqa: E402
 from picogpt2.cli import UsageError, add_model_arguments, check_model_argument, run_cli  # noqa: E402
 from picogpt2.model import DTYPES, load_model  # noqa: E402
 
@@ -38,13 +38,8 @@ def parse_ids(text: str) -> list[int]:
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write atomically: a half-written file never takes the final name."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
+from picogpt2.atomic import atomic_write
 from picogpt2.checkpoint import (
     CheckpointError,
     find_checkpoint_prefix,
@@ -55,17 +55,10 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
         offset += size
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-(8 + len(text)) % ALIGN)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(text)) + text)
-            for array in tensors.values():
-                f.write(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for array in tensors.values():
+            f.write(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).data)
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
