@@ -47,9 +47,9 @@ def softmax(x: np.ndarray) -> np.ndarray:
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """[n_seq, n_embd] -> [n_seq, n_embd], normalised over the last axis with
     the biased variance, then scaled by ``g`` and shifted by ``b``."""
-    mean = np.mean(x, axis=-1, keepdims=True)
-    variance = np.mean((x - mean) ** 2, axis=-1, keepdims=True)
-    return g * (x - mean) / np.sqrt(variance + eps) + b
+    centred = x - np.mean(x, axis=-1, keepdims=True)
+    variance = np.mean(centred * centred, axis=-1, keepdims=True)
+    return g * centred / np.sqrt(variance + eps) + b
 
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -89,23 +89,28 @@ def merge_heads(x: np.ndarray) -> np.ndarray:
 
 
 class KVCache:
-    """Keys and values of every layer for the positions seen so far, in
-    buffers allocated once for the whole context (pages untouched until
-    used). ``length`` is how many positions they hold."""
+    """Keys and values of every layer for the positions seen so far.
+
+    Each layer's buffers are allocated once for the whole context and never
+    read beyond ``length`` (how many positions they hold), so they start
+    uninitialised: zeroing them would cost a pass over memory on every
+    generation. One array per layer, not one for all, keeps each allocation
+    small enough for the allocator to recycle between generations.
+    """
 
     def __init__(self, n_layer: int, n_head: int, n_ctx: int, head_dim: int, like: np.ndarray):
-        shape = (n_layer, n_head, n_ctx, head_dim)
-        self.k = np.zeros(shape, dtype=like.dtype, like=like)
-        self.v = np.zeros(shape, dtype=like.dtype, like=like)
+        shape = (n_head, n_ctx, head_dim)
+        self.k = [np.empty(shape, dtype=like.dtype, like=like) for _ in range(n_layer)]
+        self.v = [np.empty(shape, dtype=like.dtype, like=like) for _ in range(n_layer)]
         self.length = 0
 
     def store(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Append [n_head, n_seq, head_dim] keys and values of ``layer`` after
         the first ``length`` positions; return all of them, [n_head, n_kv, head_dim]."""
         end = self.length + k.shape[1]
-        self.k[layer, :, self.length : end] = k
-        self.v[layer, :, self.length : end] = v
-        return self.k[layer, :, :end], self.v[layer, :, :end]
+        self.k[layer][:, self.length : end] = k
+        self.v[layer][:, self.length : end] = v
+        return self.k[layer][:, :end], self.v[layer][:, :end]
 
 
 def mha(

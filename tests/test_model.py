@@ -70,6 +70,18 @@ def test_cache_gives_the_same_logits(model):
         assert cache.length == len(IDS)
 
 
+def test_cache_never_reads_past_its_length(model):
+    # The buffers start uninitialised; NaN in every slot shows none is read
+    # before it is written.
+    cache = model.new_cache()
+    for buffer in cache.k + cache.v:
+        buffer[...] = np.nan
+    first = gpt2.gpt2_hidden(np.array(IDS[:5]), model.params, 4, cache)
+    rest = [gpt2.gpt2_hidden(np.array([i]), model.params, 4, cache) for i in IDS[5:]]
+    logits = gpt2.lm_head(np.concatenate([first, *rest]), model.params["wte"])
+    np.testing.assert_allclose(logits, model.logits(IDS), rtol=1e-5, atol=1e-5)
+
+
 def test_positions_continue_after_the_cache(model):
     # A token after a cached prefix differs from the same token alone.
     cache = model.new_cache()
