@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from picogpt2.download import SIZES, expected_hparams  # noqa: E402
 from picogpt2.weights import WEIGHTS_FILE, write_safetensors  # noqa: E402
 
 PROMPT, N_DECODE, N_PREFILL = 16, 64, 128
+REAL_VOCAB = ROOT.parent / "shared" / "gpt2-124M-real"
 
 
 def random_model(models_dir: Path, size: str) -> str:
@@ -53,9 +55,13 @@ def random_model(models_dir: Path, size: str) -> str:
     tensors = tiny_tensors(h, seed=0, scale=0.02)
     write_safetensors(folder / WEIGHTS_FILE, tensors, {"format": "picogpt2-random"})
     (folder / "hparams.json").write_text(json.dumps(h))
-    encoder, bpe = vocab_files()
-    (folder / "encoder.json").write_text(json.dumps(encoder))
-    (folder / "vocab.bpe").write_text(bpe)
+    if (REAL_VOCAB / "encoder.json").is_file():  # so that the CLI can decode its output
+        for file in ("encoder.json", "vocab.bpe"):
+            shutil.copyfile(REAL_VOCAB / file, folder / file)
+    else:
+        encoder, bpe = vocab_files()
+        (folder / "encoder.json").write_text(json.dumps(encoder))
+        (folder / "vocab.bpe").write_text(bpe)
     return name
 
 

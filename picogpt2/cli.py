@@ -11,7 +11,7 @@ from pathlib import Path
 from picogpt2.backend import BACKEND_ENV, BACKENDS, BackendError
 from picogpt2.checkpoint import CheckpointError
 from picogpt2.download import SIZES, DownloadError
-from picogpt2.encoder import EncoderFileError
+from picogpt2.encoder import EncoderFileError, UnknownTokenError
 from picogpt2.weights import WeightsError
 
 
@@ -67,6 +67,7 @@ def run_cli(body: Callable[[], int], prog: str) -> int:
         CheckpointError,
         DownloadError,
         EncoderFileError,
+        UnknownTokenError,
         WeightsError,
         OSError,
     ) as e:

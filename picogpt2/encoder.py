@@ -132,6 +132,11 @@ class _PieceCache(dict):
         return ids
 
 
+class UnknownTokenError(ValueError):
+    """An id to decode is not in the vocabulary (a model whose n_vocab is
+    larger than its encoder.json can generate such ids)."""
+
+
 class Encoder:
     """GPT-2's tokenizer: ``encode`` text to ids, ``decode`` ids to text."""
 
@@ -192,7 +197,12 @@ class Encoder:
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The exact bytes that ``ids`` stand for."""
-        return b"".join(map(self.id_to_token.__getitem__, ids))
+        try:
+            return b"".join(map(self.id_to_token.__getitem__, ids))
+        except KeyError as e:
+            raise UnknownTokenError(
+                f"token id {e.args[0]} is not in the vocabulary (ids 0 to {self.n_vocab - 1})"
+            ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; bytes that are not valid UTF-8 become U+FFFD."""

@@ -6,7 +6,9 @@ import pytest
 from picogpt2.encoder import (
     UNICODE_17_DIGITS,
     UNICODE_17_LETTERS,
+    Encoder,
     EncoderFileError,
+    UnknownTokenError,
     load_encoder,
 )
 
@@ -153,6 +155,15 @@ def test_invalid_utf8_decodes_to_replacement_character(real_encoder):
     # 12520 is a space and the first two bytes of a four-byte emoji.
     assert real_encoder.decode_bytes([12520]) == b" \xf0\x9f"
     assert real_encoder.decode([12520]) == " \ufffd"
+
+
+def test_decoding_an_id_outside_the_vocabulary_says_which():
+    encoder = Encoder({b"a": 0, b"<|endoftext|>": 1}, [])
+    assert encoder.decode([0, 0, 1]) == "aa<|endoftext|>"
+    with pytest.raises(
+        UnknownTokenError, match=r"token id 7 is not in the vocabulary \(ids 0 to 1\)"
+    ):
+        encoder.decode([0, 7])
 
 
 def test_stream_decoder_never_splits_a_character(real_encoder):
