@@ -13,8 +13,11 @@ picogpt2's import + load + first logits and its peak RSS while generating.
 
 "matmuls only" runs just the matrix products of our forward pass (every
 weight matrix, then the head for the last position) with NumPy's BLAS: the
-least time any float32 implementation on that BLAS needs. Decoding is bound
-by reading every weight once per token, prefill by the GEMMs.
+least time our forward pass could take on that BLAS. Decoding is bound by
+reading every weight once per token, prefill by the GEMMs.
+
+With --backend cupy, picogpt2 runs on the GPU and transformers on CUDA (the
+matmuls-only row is for NumPy only).
 """
 
 from __future__ import annotations
@@ -124,25 +127,27 @@ class MatmulsOnly:
 
 
 class Transformers:
-    def __init__(self, model):
+    def __init__(self, model, device: str):
         import torch
         import transformers  # noqa: F401  (ImportError here, not pytest's skip below)
         from test_oracle_transformers import hf_model
 
-        self.torch = torch
-        self.model = hf_model(model, torch.float32)
+        self.torch, self.device = torch, device
+        self.model = hf_model(model, torch.float32).to(device)
         self.model.generation_config.eos_token_id = None
 
     def generate(self, ids: list[int], n: int) -> None:
         with self.torch.no_grad():
             self.model.generate(
-                self.torch.tensor([ids]),
+                self.torch.tensor([ids], device=self.device),
                 max_new_tokens=n,
                 min_new_tokens=n,
                 do_sample=False,
                 pad_token_id=0,
                 use_cache=True,
             )
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
 
 
 def measure_round(impl) -> dict[str, float]:
@@ -164,7 +169,9 @@ def bench_size(models_dir: Path, size: str, backend: str, repeats: int) -> None:
     if backend == "numpy":
         impls["matmuls only"] = MatmulsOnly(ours)
     try:
-        impls["transformers"] = Transformers(ours)
+        # transformers takes its weights from NumPy arrays (memory-mapped: no copy).
+        on_cpu = ours if backend == "numpy" else picogpt2.load_model(name, models_dir)
+        impls["transformers"] = Transformers(on_cpu, "cuda" if backend == "cupy" else "cpu")
     except ImportError:
         print("(transformers or torch not installed: no reference)")
     for impl in impls.values():
