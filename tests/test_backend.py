@@ -3,8 +3,11 @@ pass are reused by the next instead of being faulted in afresh."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Rounds of four 1.5 MB temporaries (an MLP activation's size for 128 tokens
 # of 124M), all freed together, as a forward pass does.
@@ -30,7 +33,7 @@ print(int(asked), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
 
 def page_faults(backend: str) -> tuple[bool, int]:
     out = subprocess.run(
-        [sys.executable, "-c", CHURN, backend], capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHURN, backend], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.split()
     return out[0] == "1", int(out[1])
 
