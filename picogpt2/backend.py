@@ -80,6 +80,14 @@ def _cupy() -> Backend:
         raise BackendError(f"CuPy is installed but no CUDA GPU is usable: {e}") from None
     if n_devices == 0:
         raise BackendError("CuPy is installed but no CUDA GPU is visible")
+    try:  # a compiled kernel and a cuBLAS call: missing CUDA libraries show up here
+        probe = cupy.ones((2, 2), dtype=cupy.float32)
+        float((probe @ probe).sum())
+    except Exception as e:
+        raise BackendError(
+            f"CuPy cannot run on this GPU ({e}); it needs the CUDA libraries: "
+            "pip install 'picogpt2[gpu]', or a CUDA toolkit matching your CuPy"
+        ) from None
     return Backend("cupy", lambda a, dtype: cupy.asarray(a, dtype=dtype), cupy.asnumpy)
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from tiny import make_tiny_model
 
+from picogpt2.backend import BackendError, get_backend
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -91,16 +93,15 @@ def test_prompt_longer_than_context(models):
     assert "Traceback" not in r.stderr
 
 
-def test_missing_cupy_is_a_clear_error(models):
-    pytest.importorskip("numpy")
+def test_unusable_cupy_is_a_clear_error(models):
     try:
-        import cupy  # noqa: F401
-
-        pytest.skip("CuPy is installed here")
-    except ImportError:
-        pass
+        get_backend("cupy")
+        pytest.skip("CuPy runs on a GPU here")
+    except BackendError as e:
+        expected = str(e)  # no CuPy ("needs CuPy"), or CuPy without a usable GPU
     r = run("x", "--backend", "cupy", *tiny_args(models))
-    assert r.returncode == 1 and "needs CuPy" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-1].endswith(f"error: {expected}")
 
 
 def test_unreachable_download_is_one_line(tmp_path, monkeypatch, capsys):
