@@ -107,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         text = model.encoder.stream_decoder()
         out = sys.stdout
         out.write(prompt)
-        for token in tokens:
-            out.write(text.feed([token]))
+        try:
+            for token in tokens:
+                out.write(text.feed([token]))
+                out.flush()
+            out.write(text.flush())
+        finally:  # end the line even when stopped midway, before any error message
+            out.write("\n")
             out.flush()
-        out.write(text.flush() + "\n")
-        out.flush()
         return 0
 
     return run_cli(body, prog)

@@ -126,6 +126,6 @@ def test_id_outside_the_vocabulary_is_one_line(tmp_path):
     # wte has rows for 2,000 ids but encoder.json names only the tiny vocabulary's.
     make_tiny_model(tmp_path / "padded", n_ctx=32, n_vocab=2000, seed=3)
     r = run("the cat", "--n-tokens", "20", "--model-size", "padded", "--models-dir", str(tmp_path))
-    assert r.returncode == 1
+    assert r.returncode == 1 and r.stdout.startswith("the cat") and r.stdout.endswith("\n")
     assert "generate: error: token id " in r.stderr.splitlines()[-1]
     assert "Traceback" not in r.stderr
