@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from picogpt2.backend import BACKEND_ENV, BACKENDS, BackendError
 from picogpt2.checkpoint import CheckpointError
-from picogpt2.download import SIZES, DownloadError
+from picogpt2.download import SIZES, DownloadError, add_models_dir_argument
 from picogpt2.encoder import EncoderFileError, UnknownTokenError
 from picogpt2.weights import WeightsError
 
@@ -27,12 +26,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"{', '.join(SIZES)} (downloaded on first use), or the name of any model "
         "folder inside --models-dir (default: 124M)",
     )
-    parser.add_argument(
-        "--models-dir",
-        default="weights",
-        type=Path,
-        help="folder holding one sub-folder per model (default: weights)",
-    )
+    add_models_dir_argument(parser)
     parser.add_argument(
         "--backend",
         choices=BACKENDS,

@@ -256,6 +256,16 @@ def check_small_files(model_dir: Path, model_size: str) -> None:
             raise DownloadError(f"{path}: {value} is not GPT-2 {model_size}")
 
 
+def add_models_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """``--models-dir``, shared by every command that finds models by name."""
+    parser.add_argument(
+        "--models-dir",
+        default="weights",
+        type=Path,
+        help="folder holding one sub-folder per model (default: weights)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m picogpt2.download",
@@ -265,12 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "size", metavar="SIZE", choices=list(SIZES), help=f"model size: {', '.join(SIZES)}"
     )
-    parser.add_argument(
-        "--models-dir",
-        default="weights",
-        type=Path,
-        help="folder holding one sub-folder per model (default: weights)",
-    )
+    add_models_dir_argument(parser)
     parser.add_argument(
         "--base-url",
         default=None,
