@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from tiny import tiny_tensors, vocab_files  # noqa: E402
 
-from picogpt2.download import SIZES, expected_hparams  # noqa: E402
+from picogpt2.hparams import SIZES  # noqa: E402
 from picogpt2.weights import WEIGHTS_FILE, write_safetensors  # noqa: E402
 
 PROMPT, N_DECODE, N_PREFILL = 16, 64, 128
@@ -54,7 +54,7 @@ def random_model(models_dir: Path, size: str) -> str:
     if (folder / WEIGHTS_FILE).is_file():
         return name
     folder.mkdir(parents=True, exist_ok=True)
-    h = expected_hparams(size)
+    h = SIZES[size].as_dict()
     tensors = tiny_tensors(h, seed=0, scale=0.02)
     write_safetensors(folder / WEIGHTS_FILE, tensors, {"format": "picogpt2-random"})
     (folder / "hparams.json").write_text(json.dumps(h))
@@ -160,10 +160,9 @@ def measure_round(impl) -> dict[str, float]:
     }
 
 
-def bench_size(models_dir: Path, size: str, backend: str, repeats: int) -> None:
+def implementations(models_dir: Path, name: str, backend: str) -> dict[str, object]:
     import picogpt2
 
-    name = random_model(models_dir, size)
     ours = picogpt2.load_model(name, models_dir, backend=backend, download=False)
     impls = {"picogpt2": Ours(ours)}
     if backend == "numpy":
@@ -174,15 +173,25 @@ def bench_size(models_dir: Path, size: str, backend: str, repeats: int) -> None:
         impls["transformers"] = Transformers(on_cpu, "cuda" if backend == "cupy" else "cpu")
     except ImportError:
         print("(transformers or torch not installed: no reference)")
+    return impls
+
+
+def median_rounds(impls: dict[str, object], repeats: int) -> dict[str, dict[str, float]]:
+    """Every implementation once per round, ``repeats`` rounds; the medians."""
     for impl in impls.values():
         impl.generate(list(range(PROMPT)), 4)  # warm up
     rounds: dict[str, list[dict[str, float]]] = {key: [] for key in impls}
     for _ in range(repeats):
         for key, impl in impls.items():
             rounds[key].append(measure_round(impl))
-    medians = {
+    return {
         key: {f: statistics.median(r[f] for r in rs) for f in rs[0]} for key, rs in rounds.items()
     }
+
+
+def bench_size(models_dir: Path, size: str, backend: str, repeats: int) -> None:
+    name = random_model(models_dir, size)
+    medians = median_rounds(implementations(models_dir, name, backend), repeats)
     load_s, rss_gb = fresh_process_figures(models_dir, name, backend)
     ref = medians.get("transformers")
     for key in ("transformers", "picogpt2", "matmuls only"):

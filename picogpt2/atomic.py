@@ -1,19 +1,31 @@
-"""Writing a file so that it is either whole or absent under its name."""
+"""Writing into a model folder safely: a file is whole or absent under its
+name, and one process at a time writes into a folder."""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+from picogpt2.status import status
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent first runs are not guarded
+    fcntl = None
+
+LOCK_FILE = ".lock"
 
 
 @contextmanager
 def atomic_write(path: Path) -> Iterator[BinaryIO]:
     """Open ``path`` + ".tmp" for writing; when the block ends without error,
     flush it to disk and rename it to ``path``. On any error (a full disk,
-    Ctrl-C) the temporary file is removed and ``path`` is left as it was."""
+    Ctrl-C) the temporary file is removed and ``path`` is left as it was.
+    An ``OSError`` names the file (a full disk's own message does not)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
@@ -21,5 +33,64 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# Within a process the lock is re-entrant (the downloader holds it while it
+# converts), and threads take turns through a lock of their own per folder.
+_thread_locks: dict[Path, threading.RLock] = {}
+_depth: dict[Path, int] = {}
+_registry = threading.Lock()
+
+
+@contextmanager
+def folder_lock(folder: Path, waiting: str) -> Iterator[None]:
+    """Hold ``folder``'s lock (its file ``.lock``, the folder created if
+    needed) for the block. A process that finds it held says ``waiting`` once
+    and waits. If the holder removed the lock file (a failed first download
+    removes the folder it made), the waiter starts again on a new one."""
+    key = folder.resolve()
+    with _registry:
+        thread_lock = _thread_locks.setdefault(key, threading.RLock())
+    with thread_lock:
+        if _depth.get(key):
+            _depth[key] += 1
+            try:
+                yield
+            finally:
+                _depth[key] -= 1
+            return
+        with _process_lock(folder, waiting):
+            _depth[key] = 1
+            try:
+                yield
+            finally:
+                _depth[key] = 0
+
+
+@contextmanager
+def _process_lock(folder: Path, waiting: str) -> Iterator[None]:
+    if fcntl is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        yield
+        return
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                status(waiting)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink == 0:  # removed while we waited
+                continue
+            yield
+            return
+        finally:
+            os.close(fd)

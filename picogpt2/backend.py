@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from picogpt2.errors import PicoGPT2Error
+
 BACKEND_ENV = "PICOGPT2_BACKEND"
 BACKENDS = ("numpy", "cupy")
 
 
-class BackendError(RuntimeError):
+class BackendError(PicoGPT2Error, RuntimeError):
     """The backend asked for cannot be used here; the message says why."""
 
 
@@ -52,9 +54,12 @@ TRIM_THRESHOLD = 1 << 30
 
 
 @functools.cache
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse; once per process.
-    True if it was asked (Linux with glibc), False elsewhere."""
+def tune_malloc() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse. It is a setting of
+    the whole process, so it is never made on import or by choosing a
+    backend: ``load_model`` makes it unless told not to
+    (``keep_freed_memory=False``). Once per process; True if it was made
+    (Linux with glibc), False elsewhere."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -95,7 +100,6 @@ def get_backend(name: str | None = None) -> Backend:
     """The backend called ``name``, or named by $PICOGPT2_BACKEND, or NumPy."""
     name = name or os.environ.get(BACKEND_ENV) or "numpy"
     if name == "numpy":
-        keep_freed_memory()
         return NUMPY
     if name == "cupy":
         return _cupy()

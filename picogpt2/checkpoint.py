@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from picogpt2.atomic import atomic_write
 from picogpt2.crc32c import crc32c, mask
+from picogpt2.errors import PicoGPT2Error
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two block handles padded to 40 bytes, then the magic
@@ -34,8 +36,18 @@ RESTART_INTERVAL = 16  # entries between full keys in a table block
 DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 9: "<i8", 19: "<f2"}
 DTYPE_CODES = {np.dtype(v): k for k, v in DTYPES.items()}
 
+# Protobuf field numbers, from TensorFlow's tensor_bundle.proto,
+# tensor_shape.proto and versions.proto; the reader and the writer use these.
+HEADER_NUM_SHARDS, HEADER_ENDIANNESS, HEADER_VERSION = 1, 2, 3  # BundleHeaderProto
+VERSION_PRODUCER = 1  # VersionDef
+ENTRY_DTYPE, ENTRY_SHAPE, ENTRY_SHARD_ID, ENTRY_OFFSET = 1, 2, 3, 4  # BundleEntryProto
+ENTRY_SIZE, ENTRY_CRC32C, ENTRY_SLICES = 5, 6, 7
+SHAPE_DIM = 2  # TensorShapeProto
+DIM_SIZE = 1  # TensorShapeProto.Dim
+LITTLE_ENDIAN = 0  # BundleHeaderProto.Endianness
 
-class CheckpointError(ValueError):
+
+class CheckpointError(PicoGPT2Error, ValueError):
     """A checkpoint is unreadable, damaged or unsupported. ``path`` names the
     file at fault, so a downloader knows which one to fetch again."""
 
@@ -214,11 +226,14 @@ def shard_path(prefix: Path, shard: int, n_shards: int) -> Path:
 
 
 def find_checkpoint_prefix(path: str | Path) -> Path:
-    """The checkpoint prefix for a folder or a prefix, as TensorFlow finds it.
+    """The checkpoint prefix for a folder or a prefix.
 
-    A folder's ``checkpoint`` file names the latest prefix; a relative name
-    is inside the folder, and an absolute one from another machine is looked
-    for inside the folder by its last component.
+    A folder's ``checkpoint`` file names the latest prefix, as TensorFlow
+    writes it. A relative name is looked for inside the folder. Unlike
+    TensorFlow, an absolute name (written on another machine, or pointing at
+    another run) or one leading out with ``..`` is looked for inside the
+    folder by its last component: nothing outside the folder is ever read,
+    converted or removed.
     """
     path = Path(path)
     if Path(f"{path}.index").is_file():
@@ -231,10 +246,13 @@ def find_checkpoint_prefix(path: str | Path) -> Path:
         if not match:
             raise CheckpointError(f"{state}: no model_checkpoint_path line", state)
         named = Path(match.group(1))
-        for candidate in (path / named, path / named.name):
-            if Path(f"{candidate}.index").is_file():
-                return candidate
-        raise CheckpointError(f"{state}: names {named}, which has no .index file here", state)
+        inside = named.is_absolute() or ".." in named.parts
+        candidate = path / named.name if inside else path / named
+        if Path(f"{candidate}.index").is_file():
+            return candidate
+        raise CheckpointError(
+            f"{state}: names {named}, but {candidate}.index does not exist", state
+        )
     indexes = sorted(path.glob("*.index"))
     if len(indexes) == 1:
         return indexes[0].with_suffix("")
@@ -252,37 +270,55 @@ def read_tf_index(prefix: str | Path) -> tuple[int, dict[str, TensorEntry]]:
         except ValueError as e:
             raise CheckpointError(f"{path}: bad record for {key!r}: {e}", path) from None
         if key == b"":
-            n_shards = int(fields.get(1, [1])[0])
-            if fields.get(2, [0])[0] != 0:
+            n_shards = int(fields.get(HEADER_NUM_SHARDS, [1])[0])
+            if fields.get(HEADER_ENDIANNESS, [LITTLE_ENDIAN])[0] != LITTLE_ENDIAN:
                 raise CheckpointError(f"{path}: big-endian checkpoints are not supported", path)
             continue
         name = key.decode("utf-8", errors="replace")
-        code = int(fields.get(1, [0])[0])
-        if code not in DTYPES:
-            raise CheckpointError(f"{path}: {name} has unsupported TensorFlow dtype {code}", path)
-        if 7 in fields:
-            raise CheckpointError(f"{path}: {name} is partitioned (slices unsupported)", path)
-        shape_fields = parse_fields(fields.get(2, [b""])[0])
-        shape = tuple(int(parse_fields(d).get(1, [0])[0]) for d in shape_fields.get(2, []))
-        entries[name] = TensorEntry(
-            name=name,
-            dtype=np.dtype(DTYPES[code]),
-            shape=shape,
-            shard=int(fields.get(3, [0])[0]),
-            offset=int(fields.get(4, [0])[0]),
-            size=int(fields.get(5, [0])[0]),
-            crc32c=int(fields.get(6, [0])[0]),
-        )
+        entries[name] = parse_entry(name, fields, path)
     return n_shards, entries
 
 
-def read_tf_checkpoint(prefix: str | Path, *, verify: bool = True) -> dict[str, np.ndarray]:
+def parse_entry(name: str, fields: dict[int, list[int | bytes]], path: Path) -> TensorEntry:
+    """One tensor's ``BundleEntryProto`` (absent fields are zero, as in proto3)."""
+
+    def number(field: int) -> int:
+        return int(fields.get(field, [0])[0])
+
+    code = number(ENTRY_DTYPE)
+    if code not in DTYPES:
+        raise CheckpointError(f"{path}: {name} has unsupported TensorFlow dtype {code}", path)
+    if ENTRY_SLICES in fields:
+        raise CheckpointError(f"{path}: {name} is partitioned (slices unsupported)", path)
+    try:
+        dims = parse_fields(fields.get(ENTRY_SHAPE, [b""])[0]).get(SHAPE_DIM, [])
+        shape = tuple(int(parse_fields(d).get(DIM_SIZE, [0])[0]) for d in dims)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: bad shape for {name}: {e}", path) from None
+    return TensorEntry(
+        name=name,
+        dtype=np.dtype(DTYPES[code]),
+        shape=shape,
+        shard=number(ENTRY_SHARD_ID),
+        offset=number(ENTRY_OFFSET),
+        size=number(ENTRY_SIZE),
+        crc32c=number(ENTRY_CRC32C),
+    )
+
+
+def read_tf_checkpoint(
+    prefix: str | Path,
+    *,
+    verify: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
     """name -> array for every tensor of a checkpoint (a prefix or a folder).
 
     Arrays are read-only views of the memory-mapped shards: nothing is copied.
     With ``verify`` (the default) every tensor's CRC-32C is checked; a
     mismatch or a shard too short for a tensor raises ``CheckpointError``
-    naming the tensor and the file.
+    naming the tensor and the file. ``progress`` is called with each
+    tensor's size in bytes once it is read.
     """
     prefix = find_checkpoint_prefix(prefix)
     n_shards, entries = read_tf_index(prefix)
@@ -314,6 +350,8 @@ def read_tf_checkpoint(prefix: str | Path, *, verify: bool = True) -> dict[str, 
         if verify and mask(crc32c(raw)) != entry.crc32c:
             raise CheckpointError(f"{path}: CRC-32C mismatch in {name}: the file is damaged", path)
         tensors[name] = raw.view(entry.dtype).reshape(entry.shape)
+        if progress:
+            progress(entry.size)
     return tensors
 
 
@@ -327,7 +365,8 @@ def write_tf_checkpoint(
     names = sorted(tensors)
     if not names:
         raise ValueError("a checkpoint needs at least one tensor")
-    header = field_varint(1, n_shards) + field_message(3, field_varint(1, 1))
+    version = field_message(HEADER_VERSION, field_varint(VERSION_PRODUCER, 1))
+    header = field_varint(HEADER_NUM_SHARDS, n_shards) + version
     records = [(b"", header)]
     shard_files = [bytearray() for _ in range(n_shards)]
     for i, name in enumerate(names):
@@ -337,14 +376,14 @@ def write_tf_checkpoint(
             raise ValueError(f"{name}: dtype {array.dtype} cannot be written")
         data = np.ascontiguousarray(array, dtype=dtype).tobytes()
         shard = i * n_shards // len(names)
-        dims = b"".join(field_message(2, field_varint(1, d)) for d in array.shape)
+        dims = b"".join(field_message(SHAPE_DIM, field_varint(DIM_SIZE, d)) for d in array.shape)
         entry = (
-            field_varint(1, DTYPE_CODES[dtype])
-            + field_message(2, dims)
-            + field_varint(3, shard)
-            + field_varint(4, len(shard_files[shard]))
-            + field_varint(5, len(data))
-            + field_fixed32(6, mask(crc32c(data)))
+            field_varint(ENTRY_DTYPE, DTYPE_CODES[dtype])
+            + field_message(ENTRY_SHAPE, dims)
+            + field_varint(ENTRY_SHARD_ID, shard)
+            + field_varint(ENTRY_OFFSET, len(shard_files[shard]))
+            + field_varint(ENTRY_SIZE, len(data))
+            + field_fixed32(ENTRY_CRC32C, mask(crc32c(data)))
         )
         records.append((name.encode("utf-8"), entry))
         shard_files[shard] += data

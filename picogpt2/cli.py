@@ -1,21 +1,61 @@
-"""What every command shares: the model arguments and the rule that a
-failure is one line on stderr and a non-zero exit status, never a traceback."""
+"""What every command shares: its parser, the model arguments, and the rule
+that a failure is one line on stderr and a non-zero exit status (2 for bad
+input), never a traceback."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
 
-from picogpt2.backend import BACKEND_ENV, BACKENDS, BackendError
-from picogpt2.checkpoint import CheckpointError
-from picogpt2.download import SIZES, DownloadError, add_models_dir_argument
-from picogpt2.encoder import EncoderFileError, UnknownTokenError
-from picogpt2.weights import WeightsError
+from picogpt2.backend import BACKEND_ENV, BACKENDS
+from picogpt2.errors import InputError, PicoGPT2Error
+from picogpt2.hparams import SIZES
+from picogpt2.locations import MODELS_DIR_ENV, default_models_dir, models_dir
+from picogpt2.status import status
 
 
-class UsageError(ValueError):
-    """Bad command-line input: exit status 2."""
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line like every other failure."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# Each command's console script (pyproject.toml), for its usage lines.
+SCRIPTS = {
+    "generate": "picogpt2",
+    "download": "picogpt2-download",
+    "dump": "picogpt2-dump",
+    "score": "picogpt2-score",
+}
+
+
+def prog_name(command: str) -> str:
+    """How the user ran ``command``: its console script, or ``python -m``."""
+    script = Path(sys.argv[0]).name.removesuffix(".exe") if sys.argv and sys.argv[0] else ""
+    return script if script == SCRIPTS[command] else f"python -m picogpt2.{command}"
+
+
+def folder_argument(text: str) -> Path:
+    if not text:
+        raise argparse.ArgumentTypeError("is empty: name a folder, or leave the option out")
+    return Path(text).expanduser()
+
+
+def add_models_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """``--models-dir``, shared by every command that finds models by name;
+    None (not given) means ``locations.default_models_dir()``."""
+    parser.add_argument(
+        "--models-dir",
+        default=None,
+        type=folder_argument,
+        help=f"folder holding one sub-folder per model (default: ${MODELS_DIR_ENV}, else "
+        f"{default_models_dir()})",
+    )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,34 +76,40 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_model_argument(args: argparse.Namespace) -> None:
+    """A released size or a folder inside the models folder; resolves
+    ``args.models_dir`` to the folder it means."""
+    args.models_dir = models_dir(args.models_dir)
     if args.model_size not in SIZES and not (args.models_dir / args.model_size).is_dir():
-        raise UsageError(
+        raise InputError(
             f"unknown model size {args.model_size!r}: choose from {', '.join(SIZES)}, "
             f"or name a model folder inside {args.models_dir}"
         )
 
 
 def run_cli(body: Callable[[], int], prog: str) -> int:
-    """Run a command's body; expected failures become one line on stderr."""
+    """Run a command's body; expected failures become one line on stderr
+    (nothing at all when stderr is closed, never a line on stdout)."""
     try:
         return body()
-    except UsageError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+    except PicoGPT2Error as e:
+        status(f"{prog}: error: {e}")
+        return e.exit_status
     except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted", file=sys.stderr)
+        status(f"\n{prog}: interrupted")
         return 130
-    except BrokenPipeError:  # e.g. piped into `head`
-        sys.stderr.close()
+    except BrokenPipeError:  # e.g. piped into `head`: stop quietly, as cat does
+        quiet_stdout()
         return 0
-    except (
-        BackendError,
-        CheckpointError,
-        DownloadError,
-        EncoderFileError,
-        UnknownTokenError,
-        WeightsError,
-        OSError,
-    ) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        status(f"{prog}: error: {where}{e.strerror or e}")
         return 1
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so flushing it at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass

@@ -1,102 +1,61 @@
 """Download OpenAI's released GPT-2 checkpoints, verify them, convert them.
 
-    python -m picogpt2.download 124M [--models-dir weights] [--base-url URL]
+    python -m picogpt2.download 124M [--models-dir DIR] [--base-url URL] [--keep-original]
+    python -m picogpt2.download 124M --verify
 
 Files come from OpenAI's public bucket (or a mirror with the same layout,
-``{base}/{SIZE}/{FILE}``) into ``{models_dir}/{SIZE}/``. A transfer goes to
-``FILE.part`` and is renamed only when complete; an interrupted one resumes
-with an HTTP Range request. Every tensor's CRC-32C is checked during
-conversion, and a damaged file is fetched again.
+``{base}/{SIZE}/{FILE}``) into ``{models_dir}/{SIZE}/`` (``locations.py``
+says where models live by default). A transfer goes to ``FILE.part`` and is
+renamed only when complete; an interrupted one resumes with an HTTP Range
+request. Every tensor's CRC-32C is checked during conversion, and a damaged
+file is fetched again. One process at a time fills a folder; a second one
+waits for it and then finds the work done.
 """
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from itertools import chain
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
+from urllib3.exceptions import NewConnectionError  # requests' own dependency
 
-from picogpt2.checkpoint import CheckpointError, read_tf_index
-from picogpt2.weights import WEIGHTS_FILE, convert, is_converted
+from picogpt2 import locations
+from picogpt2.atomic import LOCK_FILE, atomic_write, folder_lock
+from picogpt2.checkpoint import CheckpointError, find_checkpoint_prefix, read_tf_index
+from picogpt2.cli import Parser, add_models_dir_argument, prog_name, run_cli
+from picogpt2.errors import InputError, PicoGPT2Error
+from picogpt2.hparams import HPARAMS_FILE, SIZES, HParams
+from picogpt2.status import Progress, status
+from picogpt2.weights import WEIGHTS_FILE, convert, is_converted, verify_weights
 
-DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
-BASE_URL_ENV = "PICOGPT2_BASE_URL"
-
-# Layers, heads and width of each released size; all share these two.
-N_VOCAB, N_CTX = 50257, 1024
-SIZES = {
-    "124M": (12, 12, 768),
-    "355M": (24, 16, 1024),
-    "774M": (36, 20, 1280),
-    "1558M": (48, 25, 1600),
-}
-SMALL_FILES = ["hparams.json", "encoder.json", "vocab.bpe", "checkpoint", "model.ckpt.index"]
+SMALL_FILES = [HPARAMS_FILE, "encoder.json", "vocab.bpe", "checkpoint", "model.ckpt.index"]
 SHARD_FILE = "model.ckpt.data-00000-of-00001"
+PREFIX = "model.ckpt"  # the checkpoint prefix of every released size
+MARKER_FILE = "download.json"  # written by the downloader: the folder is its to finish
 CHUNK = 1 << 16  # bytes per read; a cut transfer loses at most this much
-# Failures worth a retry: the connection, not the request, went wrong.
+TIMEOUT_S = 30  # to connect, and at most between two reads of a transfer
+RETRIES = 5
+BACKOFF_S = 1.0  # the wait before the first retry, doubled for each next one
+# Failures worth a retry: the transfer, not the server's address, went wrong.
 RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
-class DownloadError(RuntimeError):
+class DownloadError(PicoGPT2Error, RuntimeError):
     """A download failed for a reason worth one line to the user."""
 
 
-def expected_hparams(model_size: str) -> dict[str, int]:
-    n_layer, n_head, n_embd = SIZES[model_size]
-    return {
-        "n_vocab": N_VOCAB,
-        "n_ctx": N_CTX,
-        "n_embd": n_embd,
-        "n_head": n_head,
-        "n_layer": n_layer,
-    }
-
-
-class Progress:
-    """One self-overwriting line on stderr: bytes, percent, rate, time left.
-    Without a terminal, a line every 10% instead."""
-
-    def __init__(self, name: str, total: int | None, done: int, stream=None) -> None:
-        self.name, self.total, self.done, self.start_done = name, total, done, done
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.start = self.last = time.monotonic()
-        self.last_decile = -1
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.tty and now - self.last < 0.2:
-            return
-        decile = self.done * 10 // self.total if self.total else 0
-        if not self.tty and decile == self.last_decile:
-            return
-        self.last, self.last_decile = now, decile
-        self.show(now)
-
-    def show(self, now: float, end: str = "") -> None:
-        rate = (self.done - self.start_done) / max(now - self.start, 1e-9)
-        text = f"{self.name}  {self.done / 1e6:.1f}"
-        if self.total:
-            left = (self.total - self.done) / rate if rate > 0 else 0
-            text += f"/{self.total / 1e6:.1f} MB  {100 * self.done / self.total:5.1f}%"
-            text += f"  {rate / 1e6:.1f} MB/s  {int(left) // 60}:{int(left) % 60:02d} left"
-        else:
-            text += f" MB  {rate / 1e6:.1f} MB/s"
-        if self.tty:
-            self.stream.write("\r\033[K" + text + end)
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        self.show(time.monotonic(), end="\n" if self.tty else "")
+def expected_hparams(model_size: str) -> HParams:
+    return SIZES[model_size]
 
 
 def looks_like_error_page(first_bytes: bytes, content_type: str) -> bool:
@@ -118,185 +77,320 @@ def check_disk_space(folder: Path, needed: int, name: str) -> None:
         )
 
 
+def unreachable(error: requests.RequestException, url: str) -> DownloadError | None:
+    """The error to give at once when ``url``'s server cannot be reached at
+    all (its name does not resolve, the connection is refused, no route):
+    waiting and trying again would not help, as curl and wget also assume."""
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    if isinstance(error, requests.ConnectTimeout) or not isinstance(reason, NewConnectionError):
+        return None
+    match = re.search(r"\[Errno -?\d+\] ([^)'\"]+)", str(reason))
+    why = match.group(1).strip() if match else "connection failed"
+    return DownloadError(
+        f"cannot reach {urlsplit(url).netloc} ({why}) for {url}; check the network, "
+        f"or name a mirror with --base-url or ${locations.BASE_URL_ENV}"
+    )
+
+
 def fetch(
     url: str,
     dest: Path,
     *,
     extra_space: int = 0,
-    retries: int = 5,
-    backoff: float = 1.0,
+    retries: int = RETRIES,
+    backoff: float = BACKOFF_S,
     show_progress: bool = True,
     session: requests.Session | None = None,
 ) -> None:
     """Stream ``url`` to ``dest``, resuming ``dest.part`` and retrying with
-    exponential backoff on connection errors and 5xx replies. ``extra_space``
-    is disk needed beyond the file itself (the conversion's copy)."""
+    exponential backoff on interrupted transfers and 5xx replies.
+    ``extra_space`` is disk needed beyond the file itself (the conversion's
+    copy)."""
     http = session or requests.Session()
     part = dest.with_name(dest.name + ".part")
-    attempt = 0
-    while True:
-        have = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
+    for attempt in itertools.count(1):
         try:
-            with http.get(url, headers=headers, stream=True, timeout=30) as reply:
-                if reply.status_code == 416:  # our partial file is bad; start over
-                    part.unlink()
-                    continue
-                if reply.status_code >= 500:
-                    raise requests.ConnectionError(f"HTTP {reply.status_code} from {url}")
-                if reply.status_code not in (200, 206):
-                    raise DownloadError(f"HTTP {reply.status_code} {reply.reason} for {url}")
-                if reply.status_code == 200:
-                    have = 0  # the server ignored our Range: start again
-                length = reply.headers.get("Content-Length")
-                total = have + int(length) if length is not None else None
-                if total is not None:
-                    check_disk_space(dest.parent, total - have + extra_space, dest.name)
-                progress = Progress(dest.name, total, have) if show_progress else None
-                chunks = reply.iter_content(CHUNK)
-                first = next(chunks, b"")
-                if have == 0 and looks_like_error_page(
-                    first, reply.headers.get("Content-Type", "")
-                ):
-                    raise DownloadError(f"{url} returned an HTML/XML page, not a model file")
-                with open(part, "ab" if have else "wb") as f:
-                    for chunk in chain([first], chunks):
-                        f.write(chunk)
-                        if progress:
-                            progress.update(len(chunk))
-                if progress:
-                    progress.finish()
-                size = part.stat().st_size
-                if total is not None and size != total:
-                    raise requests.ConnectionError(f"got {size} of {total} bytes")
+            transfer(http, url, part, extra_space, show_progress)
             os.replace(part, dest)
             return
         except RETRYABLE as e:
-            attempt += 1
+            at_once = unreachable(e, url)
+            if at_once:
+                raise at_once from None
             if attempt > retries:
                 raise DownloadError(f"giving up on {url} after {retries} retries: {e}") from None
             if show_progress:
-                print(f"\n{dest.name}: {e}; retrying ({attempt}/{retries})", file=sys.stderr)
+                status(f"{dest.name}: {e}; retrying ({attempt}/{retries})")
             time.sleep(backoff * 2 ** (attempt - 1))
+
+
+def transfer(
+    http: requests.Session, url: str, part: Path, extra_space: int, show_progress: bool
+) -> None:
+    """One request: append the rest of ``url`` to ``part`` (all of it when
+    ``part`` is empty or the server ignores the Range asked for)."""
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with http.get(url, headers=headers, stream=True, timeout=TIMEOUT_S) as reply:
+        if reply.status_code == 416:  # our partial file is not a prefix of theirs
+            part.unlink()
+            raise requests.ConnectionError("the server cannot resume this file; starting over")
+        if reply.status_code >= 500:
+            raise requests.ConnectionError(f"HTTP {reply.status_code} from {url}")
+        if reply.status_code not in (200, 206):
+            raise DownloadError(f"HTTP {reply.status_code} {reply.reason} for {url}")
+        if reply.status_code == 200:
+            have = 0  # the whole file, from the start
+        length = reply.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        if total is not None:
+            check_disk_space(part.parent, total - have + extra_space, part.name[: -len(".part")])
+        chunks = reply.iter_content(CHUNK)
+        first = next(chunks, b"")
+        if have == 0 and looks_like_error_page(first, reply.headers.get("Content-Type", "")):
+            raise DownloadError(f"{url} returned an HTML/XML page, not a model file")
+        progress = Progress(part.name[: -len(".part")], total, have) if show_progress else None
+        write_body(part, have, chain([first], chunks), progress)
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise requests.ConnectionError(f"got {size} of {total} bytes")
+
+
+def write_body(part: Path, have: int, chunks, progress: Progress | None) -> None:
+    """Append ``chunks`` to ``part`` (write it afresh when ``have`` is 0). A
+    network error reading them propagates, to be retried; a disk error names
+    the file (a full disk's own message does not)."""
+    try:
+        with open(part, "ab" if have else "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                if progress:
+                    progress.update(len(chunk))
+    except requests.RequestException:  # OSErrors too, but the network's
+        raise
+    except OSError as e:
+        raise DownloadError(f"{part}: cannot write: {e.strerror}") from None
+    if progress:
+        progress.finish()
 
 
 def download_model(
     model_size: str,
-    models_dir: str | Path = "weights",
+    models_dir: str | Path | None = None,
     *,
     base_url: str | None = None,
     keep_original: bool = False,
     show_progress: bool = True,
-    retries: int = 5,
-    backoff: float = 1.0,
+    retries: int = RETRIES,
+    backoff: float = BACKOFF_S,
+    small_files_only: bool = False,
 ) -> Path:
     """Download, verify and convert one released size into
-    ``models_dir/model_size``; a no-op when that is already done."""
+    ``models_dir/model_size`` (``models_dir`` None: the default, see
+    ``locations``); a no-op when that is already done. A first run that
+    fails removes the folders it created, unless they hold a partial
+    transfer to resume. ``small_files_only`` stops after the vocabulary and
+    hyperparameters (a few MB), for checks to make before the large shard."""
     if model_size not in SIZES:
-        raise DownloadError(f"unknown model size {model_size!r}; choose from {', '.join(SIZES)}")
-    base = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
-    model_dir = Path(models_dir) / model_size
-    model_dir.mkdir(parents=True, exist_ok=True)
-    http = requests.Session()
+        raise InputError(f"unknown model size {model_size!r}; choose from {', '.join(SIZES)}")
+    base = locations.base_url(base_url)
+    model_dir = locations.models_dir(models_dir) / model_size
+    created = folders_to_create(model_dir)
+    try:
+        with folder_lock(model_dir, f"waiting for another process downloading into {model_dir}"):
+            http = requests.Session()
 
-    def get(name: str, extra_space: int = 0) -> None:
-        fetch(
-            f"{base}/{model_size}/{name}",
-            model_dir / name,
-            extra_space=extra_space,
-            retries=retries,
-            backoff=backoff,
-            show_progress=show_progress,
-            session=http,
-        )
+            def get(name: str, extra_space: int = 0) -> None:
+                fetch(f"{base}/{model_size}/{name}", model_dir / name, extra_space=extra_space,
+                      retries=retries, backoff=backoff, show_progress=show_progress,
+                      session=http)  # fmt: skip
 
+            if not is_converted(model_dir):
+                write_marker(model_dir, keep_original)
+                if show_progress and not (model_dir / SHARD_FILE).exists():
+                    what = "the vocabulary of GPT-2" if small_files_only else "GPT-2"
+                    status(f"downloading {what} {model_size} from {base} into {model_dir}")
+                fetch_small_files(model_dir, model_size, get)
+            if not small_files_only:
+                convert_fetching_again(model_dir, get, keep_original, show_progress)
+            return model_dir
+    except BaseException:
+        remove_if_unused(created)
+        raise
+
+
+def folders_to_create(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_if_unused(folders: list[Path]) -> None:
+    """Remove folders this run created that hold nothing but its own
+    bookkeeping (the lock, the marker), deepest first."""
+    for folder in folders:
+        try:
+            if {p.name for p in folder.iterdir()} <= {LOCK_FILE, MARKER_FILE}:
+                for name in (MARKER_FILE, LOCK_FILE):
+                    (folder / name).unlink(missing_ok=True)
+                folder.rmdir()
+        except OSError:
+            return
+
+
+def write_marker(model_dir: Path, keep_original: bool) -> None:
+    """Mark the folder as the downloader's, so that a later load finishes an
+    interrupted download or conversion the same way (and removes the shard
+    unless ``keep_original``)."""
+    with atomic_write(model_dir / MARKER_FILE) as f:
+        f.write(json.dumps({"keep_original": keep_original}).encode() + b"\n")
+
+
+def read_marker(model_dir: Path) -> dict | None:
+    """The downloader's marker of a folder, or None when it has none."""
+    try:
+        marker = json.loads((model_dir / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def fetch_small_files(model_dir: Path, model_size: str, get: Callable[[str], None]) -> None:
     for name in SMALL_FILES:
         if not (model_dir / name).exists():
             get(name)
     check_small_files(model_dir, model_size)
-    refetched: set[Path] = set()
-    while True:
-        if not is_converted(model_dir):
-            if not (model_dir / SHARD_FILE).exists():
-                # The conversion writes a copy as large as the shard.
-                get(SHARD_FILE, extra_space=_index_data_size(model_dir))
-            if show_progress:
-                print(f"verifying and converting {model_dir} ...", file=sys.stderr)
-        try:
-            # A no-op when converted, but for dropping a shard an earlier run kept.
-            convert(model_dir, keep_original=keep_original)
-            return model_dir
-        except CheckpointError as e:
-            damaged = e.path
-            if damaged is None or damaged in refetched or not damaged.exists():
-                raise
-            print(f"{e}; fetching {damaged.name} again", file=sys.stderr)
-            refetched.add(damaged)
-            damaged.unlink()
-            if damaged.name != SHARD_FILE:
-                get(damaged.name)
-
-
-def _index_data_size(model_dir: Path) -> int:
-    _, entries = read_tf_index(model_dir)
-    return sum(e.size for e in entries.values())
 
 
 def check_small_files(model_dir: Path, model_size: str) -> None:
-    """The small files parse, and hparams match the size asked for (a mirror
-    serving the wrong model is caught before the large download)."""
-    for name in ("hparams.json", "encoder.json"):
+    """The small files are GPT-2 ``model_size``'s, caught before the large
+    download. A file that is not (a mirror serving another model, an error
+    page) is removed, so the next run fetches it again."""
+    for name in (HPARAMS_FILE, "encoder.json"):
         path = model_dir / name
         try:
             value = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError):
             path.unlink()
             raise DownloadError(f"{path}: not valid JSON; removed, run again to refetch") from None
-        if name == "hparams.json" and value != expected_hparams(model_size):
-            raise DownloadError(f"{path}: {value} is not GPT-2 {model_size}")
+        expected = expected_hparams(model_size).as_dict()
+        if name == HPARAMS_FILE and value != expected:
+            path.unlink()
+            raise DownloadError(
+                f"{path}: {value} is not GPT-2 {model_size} ({expected}); removed it, so the "
+                "next run fetches it again (check --base-url)"
+            )
+    state = model_dir / "checkpoint"
+    try:
+        prefix = find_checkpoint_prefix(model_dir)
+    except CheckpointError:
+        prefix = None
+    if prefix != model_dir / PREFIX:
+        state.unlink(missing_ok=True)
+        raise DownloadError(f"{state}: does not name {PREFIX}; removed, run again to refetch")
 
 
-def add_models_dir_argument(parser: argparse.ArgumentParser) -> None:
-    """``--models-dir``, shared by every command that finds models by name."""
-    parser.add_argument(
-        "--models-dir",
-        default="weights",
-        type=Path,
-        help="folder holding one sub-folder per model (default: weights)",
-    )
+def convert_fetching_again(
+    model_dir: Path, get: Callable[..., None], keep_original: bool, show_progress: bool
+) -> None:
+    """Convert (fetching the shard first if needed); a file the conversion
+    finds damaged is fetched again, once."""
+    refetched: set[Path] = set()
+    while True:
+        if not is_converted(model_dir) and not (model_dir / SHARD_FILE).exists():
+            # The conversion writes a copy as large as the shard.
+            get(SHARD_FILE, extra_space=index_data_size(model_dir))
+        try:
+            convert(model_dir, keep_original=keep_original, show_progress=show_progress)
+            return
+        except CheckpointError as e:
+            damaged = e.path
+            if damaged is None or damaged in refetched or not damaged.exists():
+                raise
+            status(f"{e}; fetching {damaged.name} again")
+            refetched.add(damaged)
+            damaged.unlink()
+            if damaged.name != SHARD_FILE:
+                get(damaged.name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m picogpt2.download",
+def index_data_size(model_dir: Path) -> int:
+    _, entries = read_tf_index(model_dir)
+    return sum(e.size for e in entries.values())
+
+
+def verify(model_dir: Path) -> int:
+    """Check a converted folder's tensors against their recorded CRC-32C."""
+    path = model_dir / WEIGHTS_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: no converted model to verify")
+    progress = Progress(f"verifying {path}", path.stat().st_size)
+    n = verify_weights(model_dir, progress.update)
+    progress.finish()
+    status(f"{path}: all {n} tensors match their CRC-32C")
+    return 0
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog=prog_name("download"),
         description="Download, verify (CRC-32C of every tensor) and convert a released "
         f"GPT-2 checkpoint into MODELS_DIR/SIZE/{WEIGHTS_FILE}.",
     )
     parser.add_argument(
-        "size", metavar="SIZE", choices=list(SIZES), help=f"model size: {', '.join(SIZES)}"
+        "size",
+        metavar="SIZE",
+        help=f"model size: {', '.join(SIZES)} (with --verify, any model folder's name)",
     )
     add_models_dir_argument(parser)
     parser.add_argument(
         "--base-url",
         default=None,
-        help=f"mirror with the layout BASE/SIZE/FILE (default: ${BASE_URL_ENV} "
-        f"or {DEFAULT_BASE_URL})",
+        help=f"mirror with the layout BASE/SIZE/FILE (default: ${locations.BASE_URL_ENV} "
+        f"or {locations.DEFAULT_BASE_URL})",
     )
     parser.add_argument(
         "--keep-original",
         action="store_true",
         help="keep the TensorFlow data shard after a verified conversion",
     )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=RETRIES,
+        help=f"retries of an interrupted transfer or a 5xx reply (default: {RETRIES})",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="download nothing: check a converted model's tensors against the CRC-32C "
+        "recorded when it was converted",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     def body() -> int:
+        models_dir = locations.models_dir(args.models_dir)
+        if args.verify:
+            return verify(models_dir / args.size)
+        if args.retries < 0:
+            raise InputError(f"--retries must be >= 0, got {args.retries}")
         model_dir = download_model(
-            args.size, args.models_dir, base_url=args.base_url, keep_original=args.keep_original
+            args.size,
+            models_dir,
+            base_url=args.base_url,
+            keep_original=args.keep_original,
+            retries=args.retries,
         )
-        print(f"GPT-2 {args.size} ready in {model_dir}", file=sys.stderr)
+        status(f"GPT-2 {args.size} ready in {model_dir}")
         return 0
-
-    from picogpt2.cli import run_cli
 
     return run_cli(body, parser.prog)
 

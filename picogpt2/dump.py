@@ -12,7 +12,6 @@ of block i-1, before any final norm); ln_f [n, n_embd]; with --attn, attn
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,17 +21,26 @@ if __package__ in (None, ""):  # run as a file: python picogpt2/dump.py
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from picogpt2.atomic import atomic_write  # noqa: E402
-from picogpt2.cli import UsageError, add_model_arguments, check_model_argument, run_cli  # noqa: E402
+from picogpt2.cli import (  # noqa: E402
+    Parser,
+    add_model_arguments,
+    check_model_argument,
+    prog_name,
+    run_cli,
+)
+from picogpt2.errors import InputError  # noqa: E402
 from picogpt2.model import DTYPES, load_model  # noqa: E402
+from picogpt2.status import status  # noqa: E402
+from picogpt2.textio import argument_text  # noqa: E402
 
 
 def parse_ids(text: str) -> list[int]:
     try:
         ids = [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        raise UsageError(f"--ids must be comma-separated integers, got {text!r}") from None
+        raise InputError(f"--ids must be comma-separated integers, got {text!r}") from None
     if not ids:
-        raise UsageError("--ids is empty")
+        raise InputError("--ids is empty")
     return ids
 
 
@@ -43,8 +51,8 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m picogpt2.dump",
+    parser = Parser(
+        prog=prog_name("dump"),
         description="Write ids, logits, every hidden state, ln_f (and with --attn the "
         "attention probabilities) of one forward pass to an .npz file.",
     )
@@ -65,20 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         check_model_argument(args)
         if args.out.suffix != ".npz":
-            raise UsageError(f"--out must end in .npz, got {args.out}")
+            raise InputError(f"--out must end in .npz, got {args.out}")
         ids = parse_ids(args.ids) if args.ids is not None else None
         if args.text is not None and not args.text:
-            raise UsageError("--text is empty")
+            raise InputError("--text is empty")
         model = load_model(args.model_size, args.models_dir, backend=args.backend, dtype=args.dtype)
         if ids is None:
-            ids = model.encoder.encode(args.text)
-        try:
-            arrays = model.trace(ids, attn=args.attn)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+            ids = model.encoder.encode(argument_text(args.text, "--text"))
+        arrays = model.trace(ids, attn=args.attn)
         save_npz(args.out, arrays)
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items())
-        print(f"wrote {args.out}: {shapes} ({args.dtype})", file=sys.stderr)
+        status(f"wrote {args.out}: {shapes} ({args.dtype})")
         return 0
 
     return run_cli(body, parser.prog)

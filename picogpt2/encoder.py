@@ -20,6 +20,8 @@ from typing import Literal
 
 import regex
 
+from picogpt2.errors import PicoGPT2Error
+
 ENDOFTEXT = "<|endoftext|>"
 
 # Letters and digits first assigned in Unicode 17.0. The `regex` module
@@ -57,7 +59,7 @@ PATTERN_UNICODE_16 = regex.compile(
 )
 
 
-class EncoderFileError(ValueError):
+class EncoderFileError(PicoGPT2Error, ValueError):
     """A vocabulary file is missing or malformed; the message names it."""
 
 
@@ -105,34 +107,40 @@ def bpe(word: bytes, ranks: dict[tuple[bytes, bytes], int]) -> list[bytes]:
     return parts
 
 
+class _NeedsUnicode16(Exception):
+    """Raised by the piece cache on a piece holding a Unicode 17.0 letter or
+    digit: the text must be split again with ``PATTERN_UNICODE_16``."""
+
+
 class _PieceCache(dict):
     """piece (str) -> token ids; fills itself on a miss, and forgets its
     oldest half when full so that memory stays bounded on any input.
 
-    Pieces holding a Unicode 17.0 letter or digit are never stored, so every
-    text containing one misses on it; the miss raises ``saw_unicode_17``.
-    Checking only misses keeps the check off the hot path.
+    A piece holding a Unicode 17.0 letter or digit is never stored: every
+    text containing one misses on it, and the miss raises ``_NeedsUnicode16``
+    to that text's own ``encode`` call. Checking only misses keeps the check
+    off the hot path (a search of every text would halve the speed), and an
+    exception, unlike a flag on the shared cache, reaches only the thread
+    whose text it concerns.
     """
 
     def __init__(self, encoder: Encoder, max_size: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.max_size = max_size
-        self.saw_unicode_17 = False
 
     def __missing__(self, piece: str) -> tuple[int, ...]:
-        ids = self.encoder.encode_piece(piece)
         if HAS_UNICODE_17.search(piece):
-            self.saw_unicode_17 = True
-            return ids
+            raise _NeedsUnicode16
+        ids = self.encoder.encode_piece(piece)
         if len(self) >= self.max_size:
             for key in list(self)[: self.max_size // 2]:
-                del self[key]
+                self.pop(key, None)  # another thread may have trimmed it already
         self[piece] = ids
         return ids
 
 
-class UnknownTokenError(ValueError):
+class UnknownTokenError(PicoGPT2Error, ValueError):
     """An id to decode is not in the vocabulary (a model whose n_vocab is
     larger than its encoder.json can generate such ids)."""
 
@@ -187,13 +195,16 @@ class Encoder:
         return self._encode_ordinary(text)
 
     def _encode_ordinary(self, text: str) -> list[int]:
-        cache = self._cache
-        cache.saw_unicode_17 = False
-        ids = list(chain.from_iterable(map(cache.__getitem__, PATTERN.findall(text))))
-        if cache.saw_unicode_17:
-            pieces = PATTERN_UNICODE_16.findall(text)
-            ids = list(chain.from_iterable(map(cache.__getitem__, pieces)))
-        return ids
+        try:
+            pieces = map(self._cache.__getitem__, PATTERN.findall(text))
+            return list(chain.from_iterable(pieces))
+        except _NeedsUnicode16:  # rare: the text holds a letter new in Unicode 17.0
+            pieces = map(self._piece_ids, PATTERN_UNICODE_16.findall(text))
+            return list(chain.from_iterable(pieces))
+
+    def _piece_ids(self, piece: str) -> tuple[int, ...]:
+        """Ids of a piece, from the cache when there, without storing it."""
+        return self._cache.get(piece) or self.encode_piece(piece)
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The exact bytes that ``ids`` stand for."""
@@ -229,8 +240,24 @@ class StreamDecoder:
         return self._utf8.decode(b"", final=True)
 
 
-def iter_merges(lines: Iterator[str], path: Path) -> Iterator[tuple[str, str]]:
-    for number, line in enumerate(lines, start=1):
+def read_text(path: Path) -> str:
+    """A vocabulary file's text; any failure names the file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise EncoderFileError(f"{path}: file not found") from None
+    except OSError as e:
+        raise EncoderFileError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise EncoderFileError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def iter_merges(text: str, path: Path) -> Iterator[tuple[str, str]]:
+    """The merge pairs of ``vocab.bpe``, in rank order (the first line may be
+    a ``#version`` comment)."""
+    for number, line in enumerate(text.splitlines(), start=1):
         if number == 1 and line.startswith("#version"):
             continue
         if not line.strip():
@@ -239,6 +266,21 @@ def iter_merges(lines: Iterator[str], path: Path) -> Iterator[tuple[str, str]]:
         if len(parts) != 2:
             raise EncoderFileError(f"{path}: line {number} is not a merge pair: {line!r}")
         yield parts[0], parts[1]
+
+
+def read_token_ids(path: Path) -> dict[str, int]:
+    """``encoder.json``: each token, spelt byte-level, -> its id."""
+    try:
+        spelled_ids = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise EncoderFileError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(spelled_ids, dict) or not all(
+        isinstance(i, int) for i in spelled_ids.values()
+    ):
+        raise EncoderFileError(f"{path}: expected an object of token -> integer id")
+    if ENDOFTEXT not in spelled_ids:
+        raise EncoderFileError(f"{path}: has no {ENDOFTEXT} token")
+    return spelled_ids
 
 
 def load_encoder(model_dir: str | Path, *, cache_size: int = 1 << 16) -> Encoder:
@@ -253,31 +295,13 @@ def load_encoder(model_dir: str | Path, *, cache_size: int = 1 << 16) -> Encoder
         except KeyError:
             raise EncoderFileError(f"{path}: {spelled!r} is not a byte-level token") from None
 
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            spelled_ids = json.load(f)
-        with open(bpe_path, encoding="utf-8") as f:
-            merge_lines = f.read().splitlines()
-    except FileNotFoundError as e:
-        raise EncoderFileError(f"{e.filename}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise EncoderFileError(f"{e.filename or model_dir}: cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise EncoderFileError(f"{json_path}: not valid JSON: {e}") from None
-    if not isinstance(spelled_ids, dict) or not all(
-        isinstance(i, int) for i in spelled_ids.values()
-    ):
-        raise EncoderFileError(f"{json_path}: expected an object of token -> integer id")
-    if ENDOFTEXT not in spelled_ids:
-        raise EncoderFileError(f"{json_path}: has no {ENDOFTEXT} token")
-
     token_to_id = {
         (ENDOFTEXT.encode() if t == ENDOFTEXT else to_bytes(t, json_path)): i
-        for t, i in spelled_ids.items()
+        for t, i in read_token_ids(json_path).items()
     }
     merges = [
         (to_bytes(a, bpe_path), to_bytes(b, bpe_path))
-        for a, b in iter_merges(iter(merge_lines), bpe_path)
+        for a, b in iter_merges(read_text(bpe_path), bpe_path)
     ]
     for a, b in merges:
         if a + b not in token_to_id:

@@ -1,11 +1,13 @@
 """GPT-2's forward pass, as small pure functions over arrays.
 
-Names follow OpenAI's checkpoint: ``wte`` (token embeddings, also the output
-head), ``wpe`` (position embeddings), ``ln_1``/``ln_2``/``ln_f`` (layer
-norms), ``c_attn`` (q, k, v projections in one), ``c_proj`` (output
-projections), ``c_fc`` (the MLP's expansion). Shapes are in the comments:
-``n_seq`` new positions, ``n_kv`` positions attended to, ``n_embd`` width,
-``n_head`` heads of ``head_dim = n_embd // n_head``.
+Read it bottom-up: ``gpt2`` is the whole model, and every function it calls
+takes exactly the weights its name stands for, so the call graph is the
+weight tree. Names follow OpenAI's checkpoint: ``wte`` (token embeddings,
+also the output head), ``wpe`` (position embeddings), ``ln_1``/``ln_2``/
+``ln_f`` (layer norms), ``c_attn`` (q, k, v projections in one), ``c_proj``
+(output projections), ``c_fc`` (the MLP's expansion). Shapes are in the
+comments: ``n_seq`` new positions, ``n_kv`` positions attended to,
+``n_embd`` width, ``n_head`` heads of ``head_dim = n_embd // n_head``.
 
 Pitfalls that implementations get wrong, each pinned down here:
 - GELU is the tanh approximation, not the exact erf form;
@@ -14,6 +16,11 @@ Pitfalls that implementations get wrong, each pinned down here:
 - attention scores are scaled by 1/sqrt(head_dim) before the causal mask;
 - the output head is ``wte`` transposed, with no bias;
 - weights are [in, out] (``x @ w``), as stored, never transposed.
+
+Two optional arguments carry state, and neither changes the math: a layer's
+``KVCache`` (the keys and values of the positions it has seen, so decoding
+one more token costs one position's work) and a ``Trace`` (an out-parameter
+that records activations for dumps; the default records nothing).
 
 Every operation goes through NumPy's functions, which hand CuPy arrays to
 CuPy (NEP 13/18 dispatch), so the same lines run on either backend. Scalars
@@ -26,10 +33,67 @@ import math
 
 import numpy as np
 
-Params = dict  # the tree of weights, keyed as in the checkpoint (see model.py)
-Trace = dict  # optional out-parameter collecting activations for dumps
+Params = dict  # weights keyed as in the checkpoint; see model.params_from_tensors
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+class Trace:
+    """Activations of a forward pass, recorded by name: an optional
+    out-parameter for dumps. Each block records into its own
+    ``trace.layer(i)``. The default, ``NO_TRACE``, records nothing, so the
+    math below needs no ``if``."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+        self.layers: list[Trace] = []
+
+    def record(self, **arrays: np.ndarray) -> None:
+        self.arrays.update(arrays)
+
+    def layer(self, i: int) -> Trace:
+        while len(self.layers) <= i:
+            self.layers.append(Trace())
+        return self.layers[i]
+
+
+class _NoTrace(Trace):
+    def record(self, **arrays: np.ndarray) -> None:
+        pass
+
+    def layer(self, i: int) -> Trace:
+        return self
+
+
+NO_TRACE = _NoTrace()
+
+
+class KVCache:
+    """One layer's keys and values for the positions it has seen (the
+    ``past`` of openai/gpt-2's model, one layer of it): ``extend`` appends
+    the new positions' and returns all of them to attend over.
+
+    The buffers are allocated once for the whole context and never read
+    beyond ``length``, so they start uninitialised: zeroing them would cost
+    a pass over memory on every generation. One cache per layer, not one
+    array for all, keeps each allocation small enough for the allocator to
+    recycle between generations.
+    """
+
+    def __init__(self, n_head: int, n_ctx: int, head_dim: int, like: np.ndarray) -> None:
+        shape = (n_head, n_ctx, head_dim)
+        self.k = np.empty(shape, dtype=like.dtype, like=like)
+        self.v = np.empty(shape, dtype=like.dtype, like=like)
+        self.length = 0
+
+    def extend(self, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[n_head, n_seq, head_dim] new keys and values -> all of them,
+        past and new, [n_head, n_kv, head_dim] with n_kv = length + n_seq."""
+        start, end = self.length, self.length + k.shape[1]
+        self.k[:, start:end] = k
+        self.v[:, start:end] = v
+        self.length = end
+        return self.k[:, :end], self.v[:, :end]
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
@@ -88,48 +152,22 @@ def merge_heads(x: np.ndarray) -> np.ndarray:
     return np.reshape(np.swapaxes(x, 0, 1), (n_seq, n_head * head_dim))
 
 
-class KVCache:
-    """Keys and values of every layer for the positions seen so far.
-
-    Each layer's buffers are allocated once for the whole context and never
-    read beyond ``length`` (how many positions they hold), so they start
-    uninitialised: zeroing them would cost a pass over memory on every
-    generation. One array per layer, not one for all, keeps each allocation
-    small enough for the allocator to recycle between generations.
-    """
-
-    def __init__(self, n_layer: int, n_head: int, n_ctx: int, head_dim: int, like: np.ndarray):
-        shape = (n_head, n_ctx, head_dim)
-        self.k = [np.empty(shape, dtype=like.dtype, like=like) for _ in range(n_layer)]
-        self.v = [np.empty(shape, dtype=like.dtype, like=like) for _ in range(n_layer)]
-        self.length = 0
-
-    def store(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Append [n_head, n_seq, head_dim] keys and values of ``layer`` after
-        the first ``length`` positions; return all of them, [n_head, n_kv, head_dim]."""
-        end = self.length + k.shape[1]
-        self.k[layer][:, self.length : end] = k
-        self.v[layer][:, self.length : end] = v
-        return self.k[layer][:, :end], self.v[layer][:, :end]
-
-
 def mha(
     x: np.ndarray,
     c_attn: Params,
     c_proj: Params,
     n_head: int,
     cache: KVCache | None = None,
-    layer: int = 0,
-    trace: Trace | None = None,
+    trace: Trace = NO_TRACE,
 ) -> np.ndarray:
-    """Multi-head causal self-attention, [n_seq, n_embd] -> [n_seq, n_embd]."""
+    """Multi-head causal self-attention, [n_seq, n_embd] -> [n_seq, n_embd].
+    With a cache, ``x`` continues the positions it holds and attends to them."""
     qkv = linear(x, **c_attn)  # [n_seq, 3*n_embd]
     q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))
     if cache is not None:
-        k, v = cache.store(layer, k, v)  # [n_head, n_kv, head_dim]
+        k, v = cache.extend(k, v)  # [n_head, n_kv, head_dim]
     out, probs = attention(q, k, v)
-    if trace is not None:
-        trace["attn"].append(probs)
+    trace.record(attn=probs)
     return linear(merge_heads(out), **c_proj)
 
 
@@ -141,43 +179,12 @@ def transformer_block(
     mlp: Params,
     n_head: int,
     cache: KVCache | None = None,
-    layer: int = 0,
-    trace: Trace | None = None,
+    trace: Trace = NO_TRACE,
 ) -> np.ndarray:
     """Pre-norm block with two residual connections, [n_seq, n_embd] -> same."""
-    x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, cache=cache, layer=layer,
-                trace=trace)  # fmt: skip
-    return x + ffn(layer_norm(x, **ln_2), **mlp)
-
-
-def gpt2_hidden(
-    ids: np.ndarray,
-    params: Params,
-    n_head: int,
-    cache: KVCache | None = None,
-    trace: Trace | None = None,
-) -> np.ndarray:
-    """Token ids [n_seq] -> final normed hidden states [n_seq, n_embd].
-
-    With a cache, the ids continue the ``cache.length`` positions already
-    seen: they take positions ``wpe[past : past + n_seq]`` and attend to the
-    cached keys. With a ``trace`` dict holding lists ``hidden`` and ``attn``,
-    the residual stream after the embeddings and after every block, and each
-    layer's attention probabilities, are appended to them, and ``ln_f`` set.
-    """
-    past = cache.length if cache is not None else 0
-    x = params["wte"][ids] + params["wpe"][past : past + len(ids)]  # [n_seq, n_embd]
-    if trace is not None:
-        trace["hidden"].append(x)
-    for layer, block in enumerate(params["blocks"]):
-        x = transformer_block(x, **block, n_head=n_head, cache=cache, layer=layer, trace=trace)
-        if trace is not None:
-            trace["hidden"].append(x)
-    if cache is not None:
-        cache.length += len(ids)
-    x = layer_norm(x, **params["ln_f"])
-    if trace is not None:
-        trace["ln_f"] = x
+    x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, cache=cache, trace=trace)
+    x = x + ffn(layer_norm(x, **ln_2), **mlp)
+    trace.record(hidden=x)
     return x
 
 
@@ -186,6 +193,33 @@ def lm_head(x: np.ndarray, wte: np.ndarray) -> np.ndarray:
     return x @ wte.T
 
 
-def gpt2(ids: np.ndarray, params: Params, n_head: int, cache: KVCache | None = None) -> np.ndarray:
-    """Token ids [n_seq] -> logits [n_seq, n_vocab]."""
-    return lm_head(gpt2_hidden(ids, params, n_head, cache), params["wte"])
+def gpt2(
+    ids: np.ndarray,
+    wte: np.ndarray,
+    wpe: np.ndarray,
+    blocks: list[Params],
+    ln_f: Params,
+    n_head: int,
+    cache: list[KVCache] | None = None,
+    trace: Trace = NO_TRACE,
+    *,
+    last_only: bool = False,
+) -> np.ndarray:
+    """Token ids [n_seq] -> logits [n_seq, n_vocab].
+
+    With ``cache`` (one ``KVCache`` per block), the ids continue the
+    positions already cached: they take positions ``past .. past + n_seq``
+    and attend to everything before them. ``last_only`` computes the logits
+    of the last position alone, [1, n_vocab]: all that choosing the next
+    token needs, and the head is the largest matrix of the smaller models.
+    """
+    past = cache[0].length if cache else 0  # every layer has seen the same positions
+    x = wte[ids] + wpe[past : past + len(ids)]  # [n_seq, n_embd]
+    trace.record(embeddings=x)
+    for i, block in enumerate(blocks):
+        x = transformer_block(
+            x, **block, n_head=n_head, cache=cache[i] if cache else None, trace=trace.layer(i)
+        )
+    x = layer_norm(x, **ln_f)  # [n_seq, n_embd]
+    trace.record(ln_f=x)
+    return lm_head(x[-1:] if last_only else x, wte)

@@ -13,7 +13,6 @@ stride of n_ctx, the first token of each window).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -25,8 +24,17 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: python picogpt2/score.py
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from picogpt2.cli import UsageError, add_model_arguments, check_model_argument, run_cli  # noqa: E402
+from picogpt2.cli import (  # noqa: E402
+    Parser,
+    add_model_arguments,
+    check_model_argument,
+    prog_name,
+    run_cli,
+)
+from picogpt2.errors import InputError  # noqa: E402
 from picogpt2.model import DTYPES, GPT2, load_model  # noqa: E402
+from picogpt2.status import Progress  # noqa: E402
+from picogpt2.textio import decode_utf8  # noqa: E402
 
 
 def token_nlls(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -69,20 +77,58 @@ def read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
     if not data.strip():
-        raise UsageError(f"{path} is empty")
+        raise InputError(f"{path} is empty")
     if b"\x00" in data:
-        raise UsageError(f"{path} looks binary (it contains NUL bytes), not UTF-8 text")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path} is not UTF-8 text (byte {e.start})") from None
+        raise InputError(f"{path} looks binary (it contains NUL bytes), not UTF-8 text")
+    return decode_utf8(data, str(path))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m picogpt2.score",
+def score(model: GPT2, text: str, stride: int | None) -> dict[str, float | int]:
+    """tokens, nll (nats per token), perplexity, bits_per_byte, scored_tokens
+    and bytes of ``text``, scored with the sliding window."""
+    n_ctx = model.hparams.n_ctx
+    stride = stride or n_ctx // 2
+    if stride > n_ctx:
+        raise InputError(f"--stride must be <= n_ctx ({n_ctx})")
+    ids = model.encoder.encode(text)
+    if len(ids) < 2:
+        raise InputError(f"the text has {len(ids)} token; scoring needs at least 2")
+    progress = Progress("scored", len(ids) - 1, unit="tokens", scale=1)
+    last = [0]
+
+    def advance(done: int, total: int) -> None:
+        progress.update(done - last[0])
+        last[0] = done
+
+    nll = sliding_window_nll(model, ids, stride, advance if len(ids) - 1 > n_ctx else None)
+    if len(ids) - 1 > n_ctx:
+        progress.finish()
+    n_bytes = len(text.encode("utf-8"))
+    return {
+        "tokens": len(ids),
+        "nll": float(nll.mean()),
+        "perplexity": math.exp(nll.mean()),
+        "bits_per_byte": float(nll.sum() / math.log(2) / n_bytes),
+        "scored_tokens": len(nll),
+        "bytes": n_bytes,
+    }
+
+
+def print_result(result: dict[str, float | int], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, allow_nan=False))  # the model refuses NaN logits
+        return
+    print(f"tokens          {result['tokens']} ({result['scored_tokens']} scored)")
+    print(f"nll             {result['nll']:.6f} nats/token")
+    print(f"perplexity      {result['perplexity']:.4f}")
+    print(f"bits per byte   {result['bits_per_byte']:.6f}")
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog=prog_name("score"),
         description="Mean negative log-likelihood (nats per token), perplexity and bits "
         "per byte of a UTF-8 text file under GPT-2, with transformers' sliding window.",
     )
@@ -93,48 +139,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object: tokens, nll, perplexity, bits_per_byte",
+        help="print one JSON object: tokens, nll, perplexity, bits_per_byte, scored_tokens, bytes",
     )
     add_model_arguments(parser)
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     def body() -> int:
         check_model_argument(args)
         text = read_text(args.file)
         if args.stride is not None and args.stride < 1:
-            raise UsageError(f"--stride must be >= 1, got {args.stride}")
+            raise InputError(f"--stride must be >= 1, got {args.stride}")
         model = load_model(args.model_size, args.models_dir, backend=args.backend, dtype=args.dtype)
-        stride = args.stride or model.hparams.n_ctx // 2
-        if stride > model.hparams.n_ctx:
-            raise UsageError(f"--stride must be <= n_ctx ({model.hparams.n_ctx})")
-        ids = model.encoder.encode(text)
-        if len(ids) < 2:
-            raise UsageError(f"{args.file} has {len(ids)} token; scoring needs at least 2")
-
-        def progress(done: int, total: int) -> None:
-            if total > model.hparams.n_ctx:
-                print(f"\rscored {done}/{total} tokens", end="", file=sys.stderr, flush=True)
-
-        nll = sliding_window_nll(model, ids, stride, progress)
-        if len(ids) - 1 > model.hparams.n_ctx:
-            print(file=sys.stderr)
-        n_bytes = len(text.encode("utf-8"))
-        result = {
-            "tokens": len(ids),
-            "nll": float(nll.mean()),
-            "perplexity": math.exp(nll.mean()),
-            "bits_per_byte": float(nll.sum() / math.log(2) / n_bytes),
-            "scored_tokens": len(nll),
-            "bytes": n_bytes,
-        }
-        if args.json:
-            print(json.dumps(result))
-        else:
-            print(f"tokens          {result['tokens']} ({result['scored_tokens']} scored)")
-            print(f"nll             {result['nll']:.6f} nats/token")
-            print(f"perplexity      {result['perplexity']:.4f}")
-            print(f"bits per byte   {result['bits_per_byte']:.6f}")
+        print_result(score(model, text, args.stride), args.json)
         return 0
 
     return run_cli(body, parser.prog)

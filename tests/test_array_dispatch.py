@@ -57,6 +57,9 @@ class StrictArray(NDArrayOperatorsMixin):
     def __float__(self):
         return float(self.array)
 
+    def __bool__(self):  # CuPy: a 0-d array to a Python bool, one device sync
+        return bool(self.array)
+
     def astype(self, dtype):
         return wrap(self.array.astype(dtype))
 

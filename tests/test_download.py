@@ -1,99 +1,48 @@
 """The downloader against a loopback HTTP server that this test starts, with
-faults injected: transfers cut halfway, 404s, HTML bodies, flipped bytes, 5xx."""
+faults injected: transfers cut halfway, 404s, HTML bodies, flipped bytes,
+5xx, a wrong model, a checkpoint pointing elsewhere, two runs at once. The
+command is run as the README runs it, in a subprocess."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+import shutil
+import subprocess
+import sys
+import time
 
 import pytest
+from mirror import ROOT, Mirror, catalogue_env, one_line_error, run, text
 from tiny import make_tiny_model
 
 from picogpt2 import download
-from picogpt2.download import SHARD_FILE, SMALL_FILES, DownloadError, download_model
+from picogpt2.download import MARKER_FILE, SHARD_FILE, SMALL_FILES, DownloadError, download_model
+from picogpt2.errors import InputError
+from picogpt2.hparams import SIZES, parse_hparams
 from picogpt2.weights import WEIGHTS_FILE, is_converted, load_weights
 
 FILES = [*SMALL_FILES, SHARD_FILE]
 
 
-class Mirror:
-    """Serves {root}/{size}/{file} with Range support; ``faults`` maps a file
-    name to a list of faults, one used per request."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.faults: dict[str, list[str]] = {}
-        self.requests: list[tuple[str, str | None]] = []
-        mirror = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                mirror.handle(self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def handle(self, h: BaseHTTPRequestHandler) -> None:
-        name = h.path.rsplit("/", 1)[-1]
-        self.requests.append((name, h.headers.get("Range")))
-        fault = self.faults.get(name, []).pop(0) if self.faults.get(name) else None
-        path = self.root / h.path.lstrip("/")
-        if fault == "404" or not path.is_file():
-            h.send_error(404)
-            return
-        if fault == "500":
-            h.send_error(503)
-            return
-        data = path.read_bytes()
-        if fault == "html":
-            body = b"<!DOCTYPE html><html><body>Sign in to continue</body></html>"
-            h.send_response(200)
-            h.send_header("Content-Type", "text/html")
-            h.send_header("Content-Length", str(len(body)))
-            h.end_headers()
-            h.wfile.write(body)
-            return
-        if fault == "flip":
-            data = bytearray(data)
-            data[len(data) // 2] ^= 0x01
-            data = bytes(data)
-        start = 0
-        rng = h.headers.get("Range")
-        if rng:
-            start = int(rng.split("=")[1].split("-")[0])
-            h.send_response(206)
-            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            h.send_response(200)
-        h.send_header("Content-Type", "application/octet-stream")
-        h.send_header("Content-Length", str(len(data) - start))
-        h.end_headers()
-        body = data[start:]
-        if fault == "cut":  # promise everything, send half, hang up
-            h.wfile.write(body[: len(body) // 2])
-            h.wfile.flush()
-            h.close_connection = True
-            return
-        h.wfile.write(body)
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+@pytest.fixture
+def served(tmp_path):
+    """A mirror serving a tiny model as 124M, and that model's hparams."""
+    source = make_tiny_model(tmp_path / "mirror" / "124M", n_ctx=32, n_embd=64, n_head=4)
+    hparams = json.loads((source / "hparams.json").read_text())
+    m = Mirror(tmp_path / "mirror")
+    yield m, hparams
+    m.close()
 
 
 @pytest.fixture
-def mirror(tmp_path, monkeypatch):
-    source = make_tiny_model(tmp_path / "mirror" / "124M", n_ctx=32, n_embd=64, n_head=4)
-    tiny_hparams = json.loads((source / "hparams.json").read_text())
-    # The mirror serves a tiny model under the name 124M.
-    monkeypatch.setattr(download, "expected_hparams", lambda size: tiny_hparams)
-    m = Mirror(tmp_path / "mirror")
-    yield m
-    m.close()
+def mirror(served, monkeypatch):
+    m, hparams = served
+    monkeypatch.setitem(SIZES, "124M", parse_hparams(hparams, "tiny"))
+    return m
+
+
+@pytest.fixture
+def env(served, tmp_path):
+    """Subprocess environment in which the mirror's tiny model is 124M."""
+    return catalogue_env(tmp_path, "124M", served[1])
 
 
 def fetch_model(mirror, tmp_path, **kwargs):
@@ -160,15 +109,15 @@ def test_html_body_is_never_saved(mirror, tmp_path):
 def test_flipped_byte_is_detected_and_refetched(mirror, tmp_path):
     mirror.faults[SHARD_FILE] = ["flip"]
     model_dir = fetch_model(mirror, tmp_path)
-    assert [name for name, _ in mirror.requests].count(SHARD_FILE) == 2
+    assert mirror.names().count(SHARD_FILE) == 2
     assert is_converted(model_dir)
 
 
 def test_wrong_model_on_mirror_is_caught_early(mirror, tmp_path, monkeypatch):
-    monkeypatch.setattr(download, "expected_hparams", lambda size: {"n_layer": 48})
+    monkeypatch.setitem(SIZES, "124M", SIZES["1558M"])
     with pytest.raises(DownloadError, match="is not GPT-2 124M"):
         fetch_model(mirror, tmp_path)
-    assert SHARD_FILE not in [name for name, _ in mirror.requests]
+    assert SHARD_FILE not in mirror.names()
 
 
 def test_no_disk_space_is_refused_up_front(mirror, tmp_path, monkeypatch):
@@ -181,49 +130,193 @@ def test_no_disk_space_is_refused_up_front(mirror, tmp_path, monkeypatch):
 
 
 def test_unknown_size_lists_valid_ones(tmp_path):
-    with pytest.raises(DownloadError, match="124M, 355M, 774M, 1558M"):
+    with pytest.raises(InputError, match="124M, 355M, 774M, 1558M"):
         download_model("2B", tmp_path)
 
 
-def test_command_line(mirror, tmp_path, capsys):
-    models = tmp_path / "cli"
-    assert download.main(["124M", "--models-dir", str(models), "--base-url", mirror.url]) == 0
-    assert is_converted(models / "124M")
-    assert "ready in" in capsys.readouterr().err
-
-
-def test_command_line_error_is_one_line(mirror, tmp_path, capsys):
-    mirror.faults["hparams.json"] = ["404"]
-    code = download.main(["124M", "--models-dir", str(tmp_path), "--base-url", mirror.url])
-    err = capsys.readouterr().err
-    assert code == 1
-    assert err.count("\n") == 1 and "HTTP 404" in err and "Traceback" not in err
-
-
-def test_command_line_unreachable_host(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(download.time, "sleep", lambda s: None)
-    code = download.main(
-        ["124M", "--models-dir", str(tmp_path), "--base-url", "http://127.0.0.1:9"]
-    )
-    err = capsys.readouterr().err
-    assert code == 1 and "giving up" in err.splitlines()[-1] and "Traceback" not in err
-    assert not list((tmp_path / "124M").glob("*.json"))
-
-
-def test_command_line_rejects_unknown_size(capsys):
-    with pytest.raises(SystemExit) as info:
-        download.main(["2B"])
-    assert info.value.code == 2
-    assert "124M" in capsys.readouterr().err
-
-
 def test_environment_variable_names_the_mirror(mirror, tmp_path, monkeypatch):
-    monkeypatch.setenv(download.BASE_URL_ENV, mirror.url)
+    monkeypatch.setenv("PICOGPT2_BASE_URL", mirror.url)
     model_dir = download_model("124M", tmp_path, show_progress=False)
     assert is_converted(model_dir)
 
 
-def test_progress_line(mirror, tmp_path, capsys):
-    download_model("124M", tmp_path, base_url=mirror.url, show_progress=True)
-    err = capsys.readouterr().err
-    assert SHARD_FILE in err and "100.0%" in err and "MB/s" in err and WEIGHTS_FILE not in err
+def test_name_resolution_failure_is_not_retried(tmp_path, monkeypatch):
+    # A name that does not resolve fails at once with one short line; the
+    # resolver is replaced, so this never waits on a real DNS server.
+    import socket
+
+    def no_such_host(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    slept = []
+    monkeypatch.setattr(download.time, "sleep", slept.append)
+    with pytest.raises(DownloadError) as info:
+        download_model("124M", tmp_path / "m", base_url="http://mirror.invalid/gpt-2")
+    message = str(info.value)
+    assert "cannot reach mirror.invalid" in message and "--base-url" in message
+    assert len(message) < 200 and slept == []
+    assert not (tmp_path / "m").exists()  # the folders it made are gone
+
+
+# -- the command, as the README runs it -------------------------------------
+
+
+def test_command_downloads_and_says_where(served, env, tmp_path):
+    m, _ = served
+    models = tmp_path / "cli"
+    r = run("download", "124M", "--models-dir", str(models), "--base-url", m.url, env=env)
+    assert r.returncode == 0, text(r.stderr)
+    assert is_converted(models / "124M")
+    err = text(r.stderr)
+    assert f"into {models / '124M'}" in err and "ready in" in err
+
+
+def test_command_unreachable_host_is_one_line_and_leaves_nothing(tmp_path):
+    # The issue's reproduction: this printed a traceback (the class caught
+    # was not the class raised when run as __main__), after 31 s of retries.
+    models = tmp_path / "m"
+    start = time.monotonic()
+    r = run("download", "124M", "--models-dir", str(models), "--base-url",
+            "http://127.0.0.1:9/none")  # fmt: skip
+    line = one_line_error(r, 1, "cannot reach 127.0.0.1:9", "--base-url")
+    lines = text(r.stderr).splitlines()  # where it was going, and why it could not
+    assert len(lines) == 2 and lines[0].startswith("downloading GPT-2 124M") and len(line) < 250
+    assert time.monotonic() - start < 20  # refused connections are not retried
+    assert not models.exists()
+
+
+def test_command_404_is_one_line(served, env, tmp_path):
+    m, _ = served
+    m.faults["hparams.json"] = ["404"]
+    r = run("download", "124M", "--models-dir", str(tmp_path / "m"), "--base-url", m.url, env=env)
+    one_line_error(r, 1, "HTTP 404")
+    assert len(text(r.stderr).splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["2B"], ["unknown model size '2B'", "124M"]),
+        (["124M", "--base-url", ""], ["--base-url must be an http"]),
+        (["124M", "--base-url", "ftp://x/y"], ["--base-url must be an http"]),
+        (["124M", "--retries", "-1"], ["--retries must be >= 0"]),
+        (["124M", "--retries", "x"], ["invalid int value"]),
+    ],
+)
+def test_command_bad_input_is_exit_2_before_any_work(tmp_path, args, words):
+    r = run("download", *args, "--models-dir", str(tmp_path / "m"))
+    one_line_error(r, 2, *words)
+    assert len(text(r.stderr).splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_progress_in_a_log_is_one_summary_line_per_file(served, env, tmp_path):
+    m, _ = served
+    r = run("download", "124M", "--models-dir", str(tmp_path / "m"), "--base-url", m.url, env=env)
+    err = text(r.stderr)
+    assert r.returncode == 0 and "\r" not in err
+    for name in FILES:
+        assert sum(line.startswith(f"{name} ") for line in err.splitlines()) == 1, (name, err)
+
+
+def test_checkpoint_naming_a_prefix_elsewhere_never_touches_it(served, env, tmp_path):
+    # The mirror's `checkpoint` names the absolute prefix of another local
+    # copy. Before, the conversion read that copy and deleted its shard.
+    m, _ = served
+    other = make_tiny_model(tmp_path / "other", n_ctx=32, n_embd=64, n_head=4, seed=9)
+    (m.root / "124M" / "checkpoint").write_text(
+        f'model_checkpoint_path: "{other / "model.ckpt"}"\n'
+    )
+    models = tmp_path / "models"
+    r = run("download", "124M", "--models-dir", str(models), "--base-url", m.url, env=env)
+    assert r.returncode == 0, text(r.stderr)
+    assert (other / SHARD_FILE).exists()  # the other copy is untouched
+    ours = load_weights(models / "124M")["model/wte"]
+    served_shard = load_weights(m.root / "124M")["model/wte"]
+    assert (ours == served_shard).all()  # converted from what was downloaded
+
+
+def test_wrong_hparams_from_a_mirror_does_not_stick(served, env, tmp_path):
+    m, hparams = served
+    m.faults["hparams.json"] = ["body:" + json.dumps({**hparams, "n_layer": 48})]
+    models = tmp_path / "models"
+    args = ["download", "124M", "--models-dir", str(models), "--base-url", m.url]
+    one_line_error(run(*args, env=env), 1, "is not GPT-2 124M", "removed")
+    r = run(*args, env=env)  # the mirror now serves the right file
+    assert r.returncode == 0, text(r.stderr)
+    assert is_converted(models / "124M")
+
+
+def test_two_first_runs_at_once_both_succeed(served, env, tmp_path):
+    m, _ = served
+    m.delay = 0.002  # slow enough for the runs to overlap
+    models = tmp_path / "models"
+    cmd = [sys.executable, "-m", "picogpt2.download", "124M", "--models-dir", str(models),
+           "--base-url", m.url]  # fmt: skip
+    runs = [
+        subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in runs]
+    errs = [text(err) for _, err in outputs]
+    assert [p.returncode for p in runs] == [0, 0], errs
+    assert any("waiting for another process" in err for err in errs), errs
+    assert is_converted(models / "124M") and not list((models / "124M").glob("*.part"))
+    assert m.names().count(SHARD_FILE) == 1  # the second found the work done
+
+
+def test_interrupted_conversion_is_finished_and_the_shard_removed(served, env, tmp_path):
+    # Ctrl-C during the first conversion left the shard, the marker and a
+    # partial .tmp. The next run used to convert silently and keep the
+    # shard (2x the disk) for good.
+    m, _ = served
+    models = tmp_path / "models"
+    model_dir = models / "124M"
+    shutil.copytree(m.root / "124M", model_dir)
+    (model_dir / MARKER_FILE).write_text('{"keep_original": false}\n')
+    (model_dir / (WEIGHTS_FILE + ".tmp")).write_bytes(b"partial")
+    r = run("generate", "hello", "--n-tokens", "2", "--models-dir", str(models), env=env)
+    assert r.returncode == 0, text(r.stderr)
+    assert "converting" in text(r.stderr)
+    assert is_converted(model_dir) and not (model_dir / SHARD_FILE).exists()
+    assert m.requests == []  # nothing to download
+
+
+def test_users_own_checkpoint_is_converted_and_kept(served, env, tmp_path):
+    # A folder the downloader did not make: its files are the user's.
+    m, _ = served
+    models = tmp_path / "models"
+    shutil.copytree(m.root / "124M", models / "124M")
+    r = run("generate", "hello", "--n-tokens", "2", "--models-dir", str(models), env=env)
+    assert r.returncode == 0, text(r.stderr)
+    assert (models / "124M" / SHARD_FILE).exists()
+
+
+def test_disk_full_names_the_file(served, env, tmp_path):
+    if not shutil.os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    m, _ = served
+    model_dir = tmp_path / "models" / "124M"
+    model_dir.mkdir(parents=True)
+    (model_dir / "encoder.json.part").symlink_to("/dev/full")  # every write: no space
+    r = run("download", "124M", "--models-dir", str(model_dir.parent), "--base-url", m.url,
+            env=env)  # fmt: skip
+    one_line_error(r, 1, "encoder.json.part", "No space left on device")
+
+
+def test_verify_finds_a_flipped_byte_in_the_converted_file(mirror, tmp_path):
+    model_dir = fetch_model(mirror, tmp_path)
+    args = ["download", "124M", "--models-dir", str(model_dir.parent), "--verify"]
+    r = run(*args)
+    assert r.returncode == 0 and "match their CRC-32C" in text(r.stderr), text(r.stderr)
+    path = model_dir / WEIGHTS_FILE
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x10  # inside the last tensor's bytes; the header still matches
+    path.write_bytes(bytes(data))
+    one_line_error(run(*args), 1, str(path), "damaged", "fail their CRC-32C")
+
+
+def test_verify_of_a_missing_model_is_exit_2(tmp_path):
+    r = run("download", "124M", "--models-dir", str(tmp_path), "--verify")
+    one_line_error(r, 2, "no converted model to verify")

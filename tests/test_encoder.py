@@ -252,3 +252,54 @@ def test_tiktoken_parity_special(real_encoder, tiktoken_gpt2):
     assert real_encoder.encode(text, allowed_special="all") == tiktoken_gpt2.encode(
         text, allowed_special="all"
     )
+
+
+def test_threads_sharing_one_encoder_get_the_ids_each_would_alone(real_dir):
+    # A text holding a Unicode 17.0 letter is split with another pattern (see
+    # encoder.py). A thread encoding such texts must get the same ids while
+    # other threads encode plain text with the same Encoder, and the bounded
+    # cache must survive being trimmed by several threads at once.
+    import sys
+    import threading
+
+    encoder = load_encoder(real_dir, cache_size=64)
+    # Each text starts with a piece the two patterns split differently, then
+    # words that miss the cache, so that threads switch after that piece.
+    letters = ["\u088f't", "\U00010940's", "\U00011de0'll"]
+    texts = [f"{letters[k % 3]} " + " ".join(f"z{k}x{j}" for j in range(12)) for k in range(300)]
+    assert encoder.encode(letters[0]) != [i for p in ("\u088f", "'t") for i in encoder.encode(p)]
+    expected = [encoder.encode(text) for text in texts]
+    done = threading.Event()
+    wrong: list[str] = []
+
+    def special() -> None:
+        for text, ids in zip(texts, expected, strict=True):
+            if encoder.encode(text) != ids:
+                wrong.append(text)
+        done.set()
+
+    def plain() -> None:
+        while not done.is_set():
+            encoder.encode("plain words here")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=f) for f in (special, plain, plain)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not wrong, f"{len(wrong)} of {len(texts)} texts got wrong ids, e.g. {wrong[0]!r}"
+
+
+@pytest.mark.parametrize("name", ["encoder.json", "vocab.bpe"])
+def test_vocabulary_file_that_is_not_utf8_is_named(tmp_path, name):
+    vocab = {chr(c): i for i, c in enumerate(range(33, 127))}
+    vocab["<|endoftext|>"] = len(vocab)
+    write_vocab(tmp_path, json.dumps(vocab), "#version: 0.2\n")
+    (tmp_path / name).write_bytes((tmp_path / name).read_bytes() + b"\n\xe9\xff")
+    with pytest.raises(EncoderFileError, match=rf"{name}: not UTF-8 text \(byte \d+\)"):
+        load_encoder(tmp_path)

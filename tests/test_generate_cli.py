@@ -71,7 +71,7 @@ def test_zero_tokens_prints_the_prompt(models):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--n-tokens", "-1"], "--n-tokens must be >= 0"),
+        (["--n-tokens", "-1"], "n-tokens must be >= 0"),
         (["--top-k", "0"], "top-k must be >= 1"),
         (["--top-p", "0"], "top-p must be in (0, 1]"),
         (["--top-p", "1.5"], "top-p must be in (0, 1]"),
@@ -88,7 +88,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_work(args, message, tmp_pat
 
 
 def test_prompt_longer_than_context(models):
-    r = run("x " * 40, *tiny_args(models))
+    r = run("x " * 40, "--n-tokens", "5", *tiny_args(models))
     assert r.returncode == 2 and "exceeds the context of 32" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -99,20 +99,19 @@ def test_unusable_cupy_is_a_clear_error(models):
         pytest.skip("CuPy runs on a GPU here")
     except BackendError as e:
         expected = str(e)  # no CuPy ("needs CuPy"), or CuPy without a usable GPU
-    r = run("x", "--backend", "cupy", *tiny_args(models))
+    r = run("x", "--backend", "cupy", "--n-tokens", "5", *tiny_args(models))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.splitlines()[-1].endswith(f"error: {expected}")
 
 
-def test_unreachable_download_is_one_line(tmp_path, monkeypatch, capsys):
-    from picogpt2 import download, generate
-
-    monkeypatch.setattr(download.time, "sleep", lambda seconds: None)
-    monkeypatch.setenv("PICOGPT2_BASE_URL", "http://127.0.0.1:9")
-    assert generate.main(["x", "--models-dir", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "giving up" in err.splitlines()[-1]
-    assert not (tmp_path / "124M" / "model.safetensors").exists()
+def test_unreachable_download_is_one_line(tmp_path):
+    r = run("x", "--models-dir", str(tmp_path / "m"))  # PICOGPT2_BASE_URL: port 9, refused
+    err = r.stderr.splitlines()
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert err[-1].startswith("python -m picogpt2.generate: error: cannot reach 127.0.0.1:9")
+    assert "--base-url" in err[-1] and err[0].startswith("downloading the vocabulary of")
+    assert len(err) == 2  # what it was fetching, and why it could not
+    assert not (tmp_path / "m").exists()
 
 
 def test_help_documents_every_flag():

@@ -57,38 +57,82 @@ def test_logits_shape_and_dtype(model):
     assert logits.shape == (len(IDS), model.hparams.n_vocab) and logits.dtype == np.float32
 
 
+def forward(model, ids, cache=None, **kwargs):
+    return gpt2.gpt2(np.array(ids), **model.params, n_head=4, cache=cache, **kwargs)
+
+
 def test_cache_gives_the_same_logits(model):
     full = model.logits(IDS)
     for split in (1, 5, len(IDS) - 1):
         cache = model.new_cache()
         parts = [IDS[:split], *[[i] for i in IDS[split:]]]
-        rows = [
-            gpt2.lm_head(gpt2.gpt2_hidden(np.array(p), model.params, 4, cache), model.params["wte"])
-            for p in parts
-        ]
+        rows = [forward(model, p, cache) for p in parts]
         np.testing.assert_allclose(np.concatenate(rows), full, rtol=1e-5, atol=1e-5)
-        assert cache.length == len(IDS)
+        assert [c.length for c in cache] == [len(IDS)] * model.hparams.n_layer
 
 
 def test_cache_never_reads_past_its_length(model):
     # The buffers start uninitialised; NaN in every slot shows none is read
     # before it is written.
     cache = model.new_cache()
-    for buffer in cache.k + cache.v:
-        buffer[...] = np.nan
-    first = gpt2.gpt2_hidden(np.array(IDS[:5]), model.params, 4, cache)
-    rest = [gpt2.gpt2_hidden(np.array([i]), model.params, 4, cache) for i in IDS[5:]]
-    logits = gpt2.lm_head(np.concatenate([first, *rest]), model.params["wte"])
-    np.testing.assert_allclose(logits, model.logits(IDS), rtol=1e-5, atol=1e-5)
+    for layer in cache:
+        layer.k[...] = np.nan
+        layer.v[...] = np.nan
+    first = forward(model, IDS[:5], cache)
+    rest = [forward(model, [i], cache) for i in IDS[5:]]
+    np.testing.assert_allclose(
+        np.concatenate([first, *rest]), model.logits(IDS), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_each_layer_cache_holds_its_own_keys_and_values(model):
+    cache = model.new_cache()
+    forward(model, IDS[:6], cache)
+    trace = gpt2.Trace()
+    forward(model, IDS[:6], trace=trace)
+    assert len(cache) == len(model.params["blocks"])
+    for layer_cache in cache:
+        assert layer_cache.length == 6 and layer_cache.k.shape == (4, 48, 8)
+    # Layer 1's keys are computed from block 0's output, not the embeddings.
+    x = trace.layers[0].arrays["hidden"]
+    block = model.params["blocks"][1]
+    qkv = gpt2.linear(gpt2.layer_norm(x, **block["ln_1"]), **block["attn"]["c_attn"])
+    k = gpt2.split_heads(np.split(qkv, 3, axis=-1)[1], 4)
+    np.testing.assert_allclose(cache[1].k[:, :6], k, rtol=1e-6)
 
 
 def test_positions_continue_after_the_cache(model):
     # A token after a cached prefix differs from the same token alone.
     cache = model.new_cache()
-    gpt2.gpt2_hidden(np.array(IDS[:4]), model.params, 4, cache)
-    after = gpt2.gpt2_hidden(np.array([IDS[4]]), model.params, 4, cache)
-    alone = gpt2.gpt2_hidden(np.array([IDS[4]]), model.params, 4)
+    forward(model, IDS[:4], cache)
+    after = forward(model, [IDS[4]], cache)
+    alone = forward(model, [IDS[4]])
     assert not np.allclose(after, alone)
+
+
+def test_last_only_is_the_last_row(model):
+    # One row goes through BLAS's matrix-vector product: equal to float32 rounding.
+    full = forward(model, IDS)
+    np.testing.assert_allclose(forward(model, IDS, last_only=True), full[-1:], rtol=1e-5, atol=1e-6)
+
+
+def test_the_spec_function_is_what_runs(model, monkeypatch):
+    # logits, trace and every decoding step go through gpt2.gpt2.
+    calls = []
+    original = gpt2.gpt2
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("last_only", False))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gpt2, "gpt2", counting)
+    import picogpt2.model
+
+    monkeypatch.setattr(picogpt2.model, "gpt2", counting)
+    model.logits(IDS)
+    model.trace(IDS)
+    model.generate(IDS, 4)
+    assert calls == [False, False, True, True, True, True]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -96,7 +140,7 @@ def test_no_silent_upcast_in_any_intermediate(models, monkeypatch, dtype):
     model = load_model("tiny", models, dtype=dtype)
     seen = []
     for name in ("gelu", "softmax", "layer_norm", "linear", "ffn", "attention", "split_heads",
-                 "merge_heads", "mha", "transformer_block", "lm_head"):  # fmt: skip
+                 "merge_heads", "mha", "transformer_block", "lm_head", "gpt2"):  # fmt: skip
         original = getattr(gpt2, name)
 
         def recording(*args, _original=original, _name=name, **kwargs):
@@ -106,6 +150,9 @@ def test_no_silent_upcast_in_any_intermediate(models, monkeypatch, dtype):
             return out
 
         monkeypatch.setattr(gpt2, name, recording)
+    import picogpt2.model
+
+    monkeypatch.setattr(picogpt2.model, "gpt2", gpt2.gpt2)
     list(model.stream(IDS[:5], 3))
     assert len(seen) > 50
     assert {d for _, d in seen} == {np.dtype(dtype)}, sorted(set(seen))
@@ -190,10 +237,13 @@ def test_sharded_openai_layout_folder_loads(tmp_path):
 
 
 def test_backend_from_environment(models, monkeypatch):
+    # One rule everywhere: the argument, else $PICOGPT2_BACKEND, else NumPy.
+    # load_model's own default used to be "numpy", ignoring the variable.
     from picogpt2.backend import BackendError
 
     monkeypatch.setenv("PICOGPT2_BACKEND", "numpy")
-    assert load_model("tiny", models, backend=None).backend.name == "numpy"
+    assert load_model("tiny", models).backend.name == "numpy"
     monkeypatch.setenv("PICOGPT2_BACKEND", "tpu")
     with pytest.raises(BackendError, match="unknown backend 'tpu'"):
-        load_model("tiny", models, backend=None)
+        load_model("tiny", models)
+    assert load_model("tiny", models, backend="numpy").backend.name == "numpy"

@@ -5,9 +5,10 @@ import math
 
 import numpy as np
 import pytest
+from mirror import one_line_error, run, text
 from tiny import make_tiny_model
 
-from picogpt2 import dump, score
+from picogpt2 import score
 from picogpt2.model import load_model
 
 
@@ -25,10 +26,9 @@ def args(models):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_dump_keys_shapes_dtypes(models, tmp_path, dtype):
     out = tmp_path / "ref.npz"
-    code = dump.main(
-        ["--ids", "5,6,7,8", "--dtype", dtype, "--attn", "--out", str(out), *args(models)]
-    )
-    assert code == 0
+    r = run("dump", "--ids", "5,6,7,8", "--dtype", dtype, "--attn", "--out", str(out),
+            *args(models))  # fmt: skip
+    assert r.returncode == 0, text(r.stderr)
     with np.load(out) as f:
         data = dict(f)
     assert data["ids"].dtype == np.int64 and data["ids"].tolist() == [5, 6, 7, 8]
@@ -42,7 +42,7 @@ def test_dump_keys_shapes_dtypes(models, tmp_path, dtype):
 
 def test_dump_text_without_attention(models, tmp_path):
     out = tmp_path / "t.npz"
-    assert dump.main(["--text", "the cat", "--out", str(out), *args(models)]) == 0
+    assert run("dump", "--text", "the cat", "--out", str(out), *args(models)).returncode == 0
     with np.load(out) as f:
         assert "attn" not in f and f["ids"].tolist() == load_model("tiny", models).encoder.encode(
             "the cat"
@@ -58,11 +58,11 @@ def test_dump_text_without_attention(models, tmp_path):
         (["--text", ""], "--text is empty"),
     ],
 )
-def test_dump_bad_input(models, tmp_path, capsys, extra, message):
+def test_dump_bad_input(models, tmp_path, extra, message):
     out = tmp_path / "x.npz"
-    assert dump.main([*extra, "--out", str(out), *args(models)]) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
+    r = run("dump", *extra, "--out", str(out), *args(models))
+    one_line_error(r, 2, message)
+    assert text(r.stderr).count("\n") == 1
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -123,42 +123,43 @@ def test_stride_of_n_ctx_skips_each_window_start_like_transformers(models):
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-def test_score_command_json(models, tmp_path, capsys):
-    text = "the cat in the hat sat on the mat " * 3
+def test_score_command_json(models, tmp_path):
+    text_ = "the cat in the hat sat on the mat " * 3
     path = tmp_path / "t.txt"
-    path.write_text(text)
-    assert score.main([str(path), "--json", "--stride", "8", *args(models)]) == 0
-    result = json.loads(capsys.readouterr().out)
+    path.write_text(text_)
+    r = run("score", str(path), "--json", "--stride", "8", *args(models))
+    assert r.returncode == 0, text(r.stderr)
+    result = json.loads(r.stdout)
     assert {"tokens", "nll", "perplexity", "bits_per_byte"} <= result.keys()
     model = load_model("tiny", models)
-    ids = model.encoder.encode(text)
+    ids = model.encoder.encode(text_)
     nll = score.sliding_window_nll(model, ids, 8)
     assert result["tokens"] == len(ids)
     assert result["nll"] == pytest.approx(nll.mean())
     assert result["perplexity"] == pytest.approx(math.exp(nll.mean()))
-    assert result["bits_per_byte"] == pytest.approx(nll.sum() / math.log(2) / len(text))
+    assert result["bits_per_byte"] == pytest.approx(nll.sum() / math.log(2) / len(text_))
 
 
-def test_score_command_text_and_progress(models, tmp_path, capsys):
+def test_score_command_text_and_progress(models, tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("the cat " * 20)
-    assert score.main([str(path), *args(models)]) == 0
-    captured = capsys.readouterr()
-    assert "perplexity" in captured.out and "scored" in captured.err
+    r = run("score", str(path), *args(models))
+    assert r.returncode == 0 and "perplexity" in text(r.stdout)
+    err = text(r.stderr)  # not a terminal: one summary line, no carriage returns
+    assert "\r" not in err and sum(line.startswith("scored") for line in err.splitlines()) == 1
 
 
 @pytest.mark.parametrize(
     "content, message",
     [(b"", "is empty"), (b"   \n", "is empty"), (b"ab\x00cd", "binary"), (b"\xff\xfe", "UTF-8")],
 )
-def test_score_bad_files(models, tmp_path, capsys, content, message):
+def test_score_bad_files(models, tmp_path, content, message):
     path = tmp_path / "f.txt"
     path.write_bytes(content)
-    assert score.main([str(path), *args(models)]) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
+    r = run("score", str(path), *args(models))
+    one_line_error(r, 2, message)
+    assert text(r.stderr).count("\n") == 1
 
 
-def test_score_missing_file(models, tmp_path, capsys):
-    assert score.main([str(tmp_path / "nope.txt"), *args(models)]) == 2
-    assert "cannot read" in capsys.readouterr().err
+def test_score_missing_file(models, tmp_path):
+    one_line_error(run("score", str(tmp_path / "nope.txt"), *args(models)), 2, "cannot read")

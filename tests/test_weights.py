@@ -6,13 +6,16 @@ import pytest
 from tiny import make_tiny_model, tiny_tensors
 
 from picogpt2.checkpoint import write_tf_checkpoint
+from picogpt2.crc32c import crc32c
 from picogpt2.weights import (
     WEIGHTS_FILE,
+    DamagedWeightsError,
     WeightsError,
     convert,
     is_converted,
     load_weights,
     read_safetensors,
+    verify_weights,
     write_safetensors,
 )
 
@@ -71,17 +74,38 @@ def test_stale_conversion_is_redone(tiny):
     np.testing.assert_array_equal(load_weights(tiny)["model/wte"], new["model/wte"])
 
 
-def test_interrupted_conversion_never_loads(tiny):
+def test_a_truncated_conversion_is_reported_as_damaged_never_replaced(tiny):
+    # The writer renames only a complete file, so a short one was damaged
+    # after it was written: say so (the commands add how to mend it).
     convert(tiny, keep_original=True)
     path = tiny / WEIGHTS_FILE
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])  # as if cut off mid-write
-    assert not is_converted(tiny)
-    with pytest.raises(WeightsError, match="truncated"):
-        read_safetensors(path)
-    load_weights(tiny)  # redone from the checkpoint
-    assert is_converted(tiny)
-    assert path.read_bytes() == data
+    path.write_bytes(data[: len(data) // 2])
+    for check in (is_converted, load_weights):
+        with pytest.raises(DamagedWeightsError, match=f"{path} is damaged: .* header describes"):
+            check(tiny)
+    assert path.read_bytes() == data[: len(data) // 2]  # left for the user to see
+
+
+def test_interrupted_conversion_leaves_no_file_that_loads(tiny, monkeypatch):
+    import picogpt2.weights as weights
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(weights, "read_tf_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert(tiny, keep_original=True, show_progress=False)
+    assert not (tiny / WEIGHTS_FILE).exists() and not is_converted(tiny)
+
+
+def test_conversion_records_each_tensors_crc32c_and_verify_checks_it(tiny):
+    convert(tiny, keep_original=True, show_progress=False)
+    assert verify_weights(tiny) == len(load_weights(tiny))
+    _, metadata = read_safetensors(tiny / WEIGHTS_FILE)
+    crcs = json.loads(metadata["crc32c"])
+    wte = load_weights(tiny)["model/wte"]
+    assert int(crcs["model/wte"], 16) == crc32c(wte.tobytes())
 
 
 def test_leftover_temporary_file_is_ignored(tiny):

@@ -1,0 +1,23 @@
+"""The one base of every error picogpt2 raises on purpose.
+
+Each module defines the errors it raises beside its code (``WeightsError``
+in ``weights.py``, ``DownloadError`` in ``download.py``, ...), all derived
+from ``PicoGPT2Error``. The commands catch this base alone and print its
+message as one line, so a new error class cannot escape as a traceback.
+"""
+
+from __future__ import annotations
+
+
+class PicoGPT2Error(Exception):
+    """A failure worth one line to the user; the message says what and where.
+    A command exits with ``exit_status``."""
+
+    exit_status = 1
+
+
+class InputError(PicoGPT2Error, ValueError):
+    """Bad input from the caller: an argument out of range, a token id outside
+    the vocabulary, a prompt too long for the context. Exit status 2."""
+
+    exit_status = 2

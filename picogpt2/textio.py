@@ -1,0 +1,66 @@
+"""Text into and out of the commands.
+
+In: UTF-8, strictly. Bytes that are not UTF-8 (in an argument, on stdin, in
+a file) are an error naming the first bad byte, never guessed at: GPT-2's
+ids depend on every byte. Out: whatever stdout's encoding can show, with
+anything it cannot written as a replacement character, never a crash
+midway through a generation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TextIO
+
+from picogpt2.errors import InputError, PicoGPT2Error
+from picogpt2.status import status
+
+
+def decode_utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{what} is not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x})"
+        ) from None
+
+
+def argument_text(arg: str, what: str) -> str:
+    """A command-line argument as the text its bytes spell. Python turns
+    argument bytes that are not UTF-8 into lone surrogates; those are
+    reported here instead."""
+    try:
+        arg.encode("utf-8")
+        return arg
+    except UnicodeEncodeError:
+        return decode_utf8(os.fsencode(arg), what)
+
+
+def strip_one_newline(text: str) -> str:
+    """``echo "text" |`` gives the text and one line ending: drop exactly that
+    one (``\\n`` or ``\\r\\n``), so piped text equals the same argument."""
+    if text.endswith("\n"):
+        text = text[:-1]
+        if text.endswith("\r"):
+            text = text[:-1]
+    return text
+
+
+def read_stdin(what: str) -> str:
+    """All of stdin as UTF-8 text, without its final line ending. On a
+    terminal, says first that it is waiting."""
+    if sys.stdin is None:
+        raise InputError(f"no {what}: give it as an argument, or on stdin")
+    if sys.stdin.isatty():
+        status(f"reading the {what} from stdin; end it with Ctrl-D (or give it as an argument)")
+    return strip_one_newline(decode_utf8(sys.stdin.buffer.read(), f"the {what} on stdin"))
+
+
+def text_stdout() -> TextIO:
+    """stdout, writing what its encoding cannot show as replacements."""
+    if sys.stdout is None:  # started with stdout closed (>&-)
+        raise PicoGPT2Error("standard output is closed: there is nowhere to write the text")
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
+    return sys.stdout
