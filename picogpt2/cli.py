@@ -15,7 +15,7 @@ from picogpt2.backend import BACKEND_ENV, BACKENDS
 from picogpt2.errors import InputError, PicoGPT2Error
 from picogpt2.hparams import SIZES
 from picogpt2.locations import MODELS_DIR_ENV, default_models_dir, models_dir
-from picogpt2.status import status
+from picogpt2.status import error
 
 
 class Parser(argparse.ArgumentParser):
@@ -92,17 +92,17 @@ def run_cli(body: Callable[[], int], prog: str) -> int:
     try:
         return body()
     except PicoGPT2Error as e:
-        status(f"{prog}: error: {e}")
+        error(f"{prog}: error: {e}")
         return e.exit_status
     except KeyboardInterrupt:
-        status(f"\n{prog}: interrupted")
+        error(f"\n{prog}: interrupted")
         return 130
     except BrokenPipeError:  # e.g. piped into `head`: stop quietly, as cat does
         quiet_stdout()
         return 0
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
-        status(f"{prog}: error: {where}{e.strerror or e}")
+        error(f"{prog}: error: {where}{e.strerror or e}")
         return 1
 
 

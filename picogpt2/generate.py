@@ -2,17 +2,22 @@
 
     python -m picogpt2.generate "Alan Turing theorized that"
     echo "prompt" | python -m picogpt2.generate --n-tokens 100 --top-k 40 --seed 1
+    python -m picogpt2.generate "Once upon a time" --n-samples 4 --top-k 40 --stop "\\n\\n"
+    python -m picogpt2.generate --interactive --top-k 40
     python -m picogpt2.generate -- "-a prompt that starts with a dash"
 
-The model is downloaded and converted into ``--models-dir`` on first use.
-Greedy decoding unless --top-k, --top-p or --temperature is given.
+The model is downloaded and converted into the models folder on first use.
+Greedy decoding unless --top-k, --top-p or --temperature is given; it stops
+at <|endoftext|> unless --ignore-eot.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+from typing import TextIO
 
 if __package__ in (None, ""):  # run as a file: python picogpt2/generate.py
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -26,19 +31,29 @@ from picogpt2.cli import (  # noqa: E402
 )
 from picogpt2.download import download_model  # noqa: E402
 from picogpt2.encoder import load_encoder  # noqa: E402
+from picogpt2.errors import InputError  # noqa: E402
+from picogpt2.generation import Continuation, Settings, sample_text  # noqa: E402
 from picogpt2.hparams import HPARAMS_FILE, SIZES, read_hparams  # noqa: E402
-from picogpt2.model import check_lengths, load_model  # noqa: E402
-from picogpt2.sampling import check_sampling_args  # noqa: E402
-from picogpt2.status import status  # noqa: E402
-from picogpt2.textio import argument_text, read_stdin, text_stdout  # noqa: E402
+from picogpt2.model import GPT2, check_lengths, load_model  # noqa: E402
+from picogpt2.status import error, set_quiet, status  # noqa: E402
+from picogpt2.textio import (  # noqa: E402
+    argument_text,
+    decode_utf8,
+    read_stdin,
+    strip_one_newline,
+    text_stdout,
+)
 from picogpt2.weights import WEIGHTS_FILE, has_complete_checkpoint  # noqa: E402
+
+SAMPLE_HEADER = "======== SAMPLE {} ========"  # as OpenAI's sampling scripts print
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog=prog_name("generate"),
         description="Continue a prompt with GPT-2, streaming the text to stdout "
-        "(status goes to stderr). Greedy unless a sampling option is given.",
+        "(status goes to stderr). Greedy unless a sampling option is given; stops "
+        "at <|endoftext|> unless --ignore-eot.",
     )
     parser.add_argument(
         "prompt",
@@ -48,9 +63,32 @@ def build_parser() -> argparse.ArgumentParser:
         "newline; empty starts from <|endoftext|>; put -- before a prompt that starts with -",
     )
     parser.add_argument(
-        "--n-tokens", type=int, default=40, help="number of tokens to generate (default: 40)"
+        "--n-tokens",
+        type=int,
+        default=40,
+        help="new tokens per sample, at most (default: 40); past the context of 1024 the "
+        "window slides: the last 512 tokens go on",
+    )
+    parser.add_argument(
+        "--n-samples",
+        type=int,
+        default=1,
+        help="samples of the prompt, decoded as one batch; sample j uses seed + j (default: 1)",
     )
     add_model_arguments(parser)
+    add_sampling_arguments(parser)
+    add_stopping_arguments(parser)
+    parser.add_argument(
+        "--interactive",
+        action="store_true",
+        help="load the model once, then continue each line read from stdin; Ctrl-C stops "
+        "a generation, Ctrl-D or Ctrl-C at the prompt quits",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no status lines on stderr")
+    return parser
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--temperature",
         type=float,
@@ -71,25 +109,65 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample among the fewest most likely tokens whose probability reaches p, in (0, 1]",
     )
     parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=None,
+        help="divide the positive logits (multiply the negative ones) of every token already "
+        "in the prompt or the continuation by P > 0, greedy too (1 is off; as transformers)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=None,
         help="seed of the portable SplitMix64 sampler, for reproducible output",
     )
-    return parser
 
 
-def validate(args: argparse.Namespace) -> None:
+def add_stopping_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="stop a sample once its continuation contains TEXT, printing what comes "
+        "before it (repeatable; \\n and \\t are read as newline and tab)",
+    )
+    parser.add_argument(
+        "--ignore-eot",
+        action="store_true",
+        help="go on past <|endoftext|> for the full --n-tokens (as OpenAI's sampler did)",
+    )
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """The generation settings the command line asks for, checked."""
+    stop = tuple(s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop)
+    settings = {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+        "stop": stop,
+        "ignore_eot": args.ignore_eot,
+    }
+    Settings(**settings).check()
+    return {**settings, "seed": args.seed}
+
+
+def validate(args: argparse.Namespace) -> dict:
     """Check the arguments before loading anything, with the same functions
-    the model checks them with again."""
-    check_sampling_args(args.temperature, args.top_k, args.top_p)
+    the model checks them with again; return the generation settings."""
+    settings = settings_of(args)
     check_model_argument(args)
+    if args.interactive and args.prompt is not None:
+        raise InputError("--interactive reads prompts from stdin, one per line: give none here")
     folder = args.models_dir / args.model_size
     if (folder / HPARAMS_FILE).is_file():
         n_ctx = read_hparams(folder).n_ctx
     else:  # a released size, not downloaded yet: the catalogue knows its context
         n_ctx = SIZES[args.model_size].n_ctx
-    check_lengths(1, args.n_tokens, n_ctx)  # the prompt is at least one token
+    check_lengths(1, args.n_tokens, n_ctx, args.n_samples)  # the prompt is at least one token
+    return settings
 
 
 def check_prompt_before_download(args: argparse.Namespace, prompt: str) -> None:
@@ -106,41 +184,98 @@ def check_prompt_before_download(args: argparse.Namespace, prompt: str) -> None:
     check_lengths(n_prompt, args.n_tokens, read_hparams(folder).n_ctx)
 
 
-def generate(args: argparse.Namespace) -> int:
-    validate(args)
-    out = text_stdout()
-    prompt = argument_text(args.prompt, "the prompt") if args.prompt is not None else None
-    if prompt is None:
-        prompt = read_stdin("prompt")
-    check_prompt_before_download(args, prompt)
-    status(f"loading GPT-2 {args.model_size} from {args.models_dir} ...")
-    model = load_model(args.model_size, args.models_dir, backend=args.backend)
-    ids = model.encoder.encode(prompt) if prompt else [model.encoder.eot_token]
-    tokens = model.stream(
-        ids,
-        args.n_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
-    text = model.encoder.stream_decoder()
+def stream_one(model: GPT2, ids: list[int], prompt: str, args, settings: dict, out) -> int:
+    """One sample, printed as it is generated; returns its number of ids."""
+    eot, text = model.encoder.eot_token, Continuation(model.encoder, settings["stop"])
+    tokens = model.stream(ids, args.n_tokens, **settings)  # checks the prompt first
+    n = 0
     out.write(prompt)
     try:
         for token in tokens:
-            out.write(text.feed([token]))
-            out.flush()
+            n += 1
+            if token != eot or args.ignore_eot:  # a final <|endoftext|> is not printed
+                out.write(text.feed([token]))
+                out.flush()
         out.write(text.flush())
     finally:  # end the line even when stopped midway, before any error message
         out.write("\n")
         out.flush()
+    return n
+
+
+def print_samples(model: GPT2, ids: list[int], prompt: str, args, settings: dict, out) -> int:
+    """Several samples, decoded together, each printed under its header."""
+    samples = model.generate_many(ids, args.n_tokens, args.n_samples, **settings)
+    rules = Settings(stop=settings["stop"], ignore_eot=args.ignore_eot)
+    for j, sample in enumerate(samples):
+        out.write(SAMPLE_HEADER.format(j + 1) + "\n")
+        out.write(prompt + sample_text(model.encoder, sample, rules) + "\n")
+    out.flush()
+    return sum(len(sample) for sample in samples)
+
+
+def continue_prompt(model: GPT2, prompt: str, args, settings: dict, out: TextIO) -> None:
+    """Generate and print the continuation(s) of one prompt, then say how fast."""
+    ids = model.encoder.encode(prompt) if prompt else [model.encoder.eot_token]
+    start = time.perf_counter()
+    if args.n_samples == 1:
+        n = stream_one(model, ids, prompt, args, settings, out)
+    else:
+        n = print_samples(model, ids, prompt, args, settings, out)
+    seconds = time.perf_counter() - start
+    samples = f"{args.n_samples} samples, " if args.n_samples > 1 else ""
+    rate = f" ({n / seconds:.1f} tokens/s)" if seconds > 0 and n else ""
+    status(f"{samples}{n} tokens in {seconds:.2f} s{rate}")
+
+
+def interactive(model: GPT2, args, settings: dict, out: TextIO, prog: str) -> int:
+    """Continue each line of stdin until it ends (or Ctrl-C at the prompt).
+    Ctrl-C during a generation, and a prompt that cannot be used, end that
+    prompt only."""
+    if sys.stdin is None:
+        raise InputError("--interactive needs prompts on stdin")
+    on_terminal = sys.stdin.isatty()
+    while True:
+        if on_terminal:
+            status("prompt> ", end="")
+        try:
+            line = sys.stdin.buffer.readline()
+        except KeyboardInterrupt:
+            status("")
+            return 0
+        if not line:
+            return 0
+        try:
+            prompt = strip_one_newline(decode_utf8(line, "the prompt"))
+            continue_prompt(model, prompt, args, settings, out)
+        except InputError as e:
+            error(f"{prog}: error: {e}")
+        except KeyboardInterrupt:
+            error("interrupted")
+
+
+def generate(args: argparse.Namespace, prog: str) -> int:
+    set_quiet(args.quiet)
+    settings = validate(args)
+    out = text_stdout()
+    prompt = None
+    if not args.interactive:
+        prompt = argument_text(args.prompt, "the prompt") if args.prompt is not None else None
+        if prompt is None:
+            prompt = read_stdin("prompt")
+        check_prompt_before_download(args, prompt)
+    status(f"loading GPT-2 {args.model_size} from {args.models_dir} ...")
+    model = load_model(args.model_size, args.models_dir, backend=args.backend)
+    if args.interactive:
+        return interactive(model, args, settings, out, prog)
+    continue_prompt(model, prompt, args, settings, out)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_cli(lambda: generate(args), parser.prog)
+    return run_cli(lambda: generate(args, parser.prog), parser.prog)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ weight tree. Names follow OpenAI's checkpoint: ``wte`` (token embeddings,
 also the output head), ``wpe`` (position embeddings), ``ln_1``/``ln_2``/
 ``ln_f`` (layer norms), ``c_attn`` (q, k, v projections in one), ``c_proj``
 (output projections), ``c_fc`` (the MLP's expansion). Shapes are in the
-comments: ``n_seq`` new positions, ``n_kv`` positions attended to,
-``n_embd`` width, ``n_head`` heads of ``head_dim = n_embd // n_head``.
+comments: ``n_batch`` sequences run side by side (samples of one prompt),
+``n_seq`` new positions, ``n_kv`` positions attended to, ``n_embd`` width,
+``n_head`` heads of ``head_dim = n_embd // n_head``. The batch changes
+nothing in the math: every row is its own sequence.
 
 Pitfalls that implementations get wrong, each pinned down here:
 - GELU is the tanh approximation, not the exact erf form;
@@ -73,27 +75,44 @@ class KVCache:
     ``past`` of openai/gpt-2's model, one layer of it): ``extend`` appends
     the new positions' and returns all of them to attend over.
 
-    The buffers are allocated once for the whole context and never read
-    beyond ``length``, so they start uninitialised: zeroing them would cost
-    a pass over memory on every generation. One cache per layer, not one
-    array for all, keeps each allocation small enough for the allocator to
-    recycle between generations.
+    The buffers are allocated once, for the ``size`` positions a generation
+    will reach, and never read beyond ``length``, so they start
+    uninitialised: zeroing them would cost a pass over memory on every
+    generation. One cache per layer, not one array for all, keeps each
+    allocation small enough for the allocator to recycle.
     """
 
-    def __init__(self, n_head: int, n_ctx: int, head_dim: int, like: np.ndarray) -> None:
-        shape = (n_head, n_ctx, head_dim)
+    def __init__(
+        self, n_batch: int, n_head: int, size: int, head_dim: int, like: np.ndarray
+    ) -> None:
+        shape = (n_batch, n_head, size, head_dim)
         self.k = np.empty(shape, dtype=like.dtype, like=like)
         self.v = np.empty(shape, dtype=like.dtype, like=like)
         self.length = 0
 
     def extend(self, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[n_head, n_seq, head_dim] new keys and values -> all of them,
-        past and new, [n_head, n_kv, head_dim] with n_kv = length + n_seq."""
-        start, end = self.length, self.length + k.shape[1]
-        self.k[:, start:end] = k
-        self.v[:, start:end] = v
+        """[n_batch, n_head, n_seq, head_dim] new keys and values -> all of
+        them, past and new, [n_batch, n_head, n_kv, head_dim], n_kv = length + n_seq."""
+        start, end = self.length, self.length + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
         self.length = end
-        return self.k[:, :end], self.v[:, :end]
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def repeat(self, n_batch: int) -> KVCache:
+        """A cache of ``n_batch`` rows, each holding this one-row cache's
+        positions: several samples continuing one prompt."""
+        _, n_head, size, head_dim = self.k.shape
+        copy = KVCache(n_batch, n_head, size, head_dim, like=self.k)
+        copy.k[:, :, : self.length] = self.k[:, :, : self.length]
+        copy.v[:, :, : self.length] = self.v[:, :, : self.length]
+        copy.length = self.length
+        return copy
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only the sequences ``rows`` (their index in the batch), in
+        that order: the samples that have not stopped."""
+        self.k, self.v = self.k[rows], self.v[rows]
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
@@ -109,31 +128,41 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    """[n_seq, n_embd] -> [n_seq, n_embd], normalised over the last axis with
+    """[..., n_embd] -> [..., n_embd], normalised over the last axis with
     the biased variance, then scaled by ``g`` and shifted by ``b``."""
     centred = x - np.mean(x, axis=-1, keepdims=True)
     variance = np.mean(centred * centred, axis=-1, keepdims=True)
     return g * centred / np.sqrt(variance + eps) + b
 
 
+def matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """[n_batch, n_seq, n_in] @ [n_in, n_out] -> [n_batch, n_seq, n_out], as
+    one matrix product of all n_batch * n_seq rows. (NumPy would multiply a
+    3-D x batch row by batch row, reading all of ``w`` once per row: the
+    whole cost of decoding several samples.)"""
+    n_batch, n_seq, n_in = x.shape
+    return np.reshape(np.reshape(x, (n_batch * n_seq, n_in)) @ w, (n_batch, n_seq, -1))
+
+
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[n_seq, n_in] @ [n_in, n_out] + [n_out] -> [n_seq, n_out]"""
-    return x @ w + b
+    """[n_batch, n_seq, n_in] @ [n_in, n_out] + [n_out] -> [n_batch, n_seq, n_out]"""
+    return matmul(x, w) + b
 
 
 def ffn(x: np.ndarray, c_fc: Params, c_proj: Params) -> np.ndarray:
-    """[n_seq, n_embd] -> [n_seq, 4*n_embd] -> [n_seq, n_embd]"""
+    """[n_batch, n_seq, n_embd] -> [n_batch, n_seq, 4*n_embd] -> [n_batch, n_seq, n_embd]"""
     return linear(gelu(linear(x, **c_fc)), **c_proj)
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Causal attention of the last ``n_seq`` positions over all ``n_kv``.
 
-    q [n_head, n_seq, head_dim], k and v [n_head, n_kv, head_dim]
-    -> (output [n_head, n_seq, head_dim], probabilities [n_head, n_seq, n_kv])
+    q [n_batch, n_head, n_seq, head_dim], k and v [n_batch, n_head, n_kv, head_dim]
+    -> (output [n_batch, n_head, n_seq, head_dim],
+        probabilities [n_batch, n_head, n_seq, n_kv])
     """
-    n_seq, n_kv = q.shape[1], k.shape[1]
-    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])  # [n_head, n_seq, n_kv]
+    n_seq, n_kv = q.shape[-2], k.shape[-2]
+    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])  # [..., n_seq, n_kv]
     # Query i sits at position n_kv - n_seq + i and sees keys up to there.
     visible = np.tri(n_seq, n_kv, n_kv - n_seq, dtype=bool, like=q)
     probs = softmax(np.where(visible, scores, -np.inf))
@@ -141,15 +170,15 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, 
 
 
 def split_heads(x: np.ndarray, n_head: int) -> np.ndarray:
-    """[n_seq, n_embd] -> [n_head, n_seq, head_dim]"""
-    n_seq, n_embd = x.shape
-    return np.swapaxes(np.reshape(x, (n_seq, n_head, n_embd // n_head)), 0, 1)
+    """[n_batch, n_seq, n_embd] -> [n_batch, n_head, n_seq, head_dim]"""
+    n_batch, n_seq, n_embd = x.shape
+    return np.swapaxes(np.reshape(x, (n_batch, n_seq, n_head, n_embd // n_head)), 1, 2)
 
 
 def merge_heads(x: np.ndarray) -> np.ndarray:
-    """[n_head, n_seq, head_dim] -> [n_seq, n_embd]"""
-    n_head, n_seq, head_dim = x.shape
-    return np.reshape(np.swapaxes(x, 0, 1), (n_seq, n_head * head_dim))
+    """[n_batch, n_head, n_seq, head_dim] -> [n_batch, n_seq, n_embd]"""
+    n_batch, n_head, n_seq, head_dim = x.shape
+    return np.reshape(np.swapaxes(x, 1, 2), (n_batch, n_seq, n_head * head_dim))
 
 
 def mha(
@@ -160,12 +189,12 @@ def mha(
     cache: KVCache | None = None,
     trace: Trace = NO_TRACE,
 ) -> np.ndarray:
-    """Multi-head causal self-attention, [n_seq, n_embd] -> [n_seq, n_embd].
+    """Multi-head causal self-attention, [n_batch, n_seq, n_embd] -> same.
     With a cache, ``x`` continues the positions it holds and attends to them."""
-    qkv = linear(x, **c_attn)  # [n_seq, 3*n_embd]
+    qkv = linear(x, **c_attn)  # [n_batch, n_seq, 3*n_embd]
     q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))
     if cache is not None:
-        k, v = cache.extend(k, v)  # [n_head, n_kv, head_dim]
+        k, v = cache.extend(k, v)  # [n_batch, n_head, n_kv, head_dim]
     out, probs = attention(q, k, v)
     trace.record(attn=probs)
     return linear(merge_heads(out), **c_proj)
@@ -181,7 +210,7 @@ def transformer_block(
     cache: KVCache | None = None,
     trace: Trace = NO_TRACE,
 ) -> np.ndarray:
-    """Pre-norm block with two residual connections, [n_seq, n_embd] -> same."""
+    """Pre-norm block with two residual connections, [n_batch, n_seq, n_embd] -> same."""
     x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, cache=cache, trace=trace)
     x = x + ffn(layer_norm(x, **ln_2), **mlp)
     trace.record(hidden=x)
@@ -189,8 +218,9 @@ def transformer_block(
 
 
 def lm_head(x: np.ndarray, wte: np.ndarray) -> np.ndarray:
-    """[n_seq, n_embd] -> logits [n_seq, n_vocab]: the tied embedding, no bias."""
-    return x @ wte.T
+    """[n_batch, n_seq, n_embd] -> logits [n_batch, n_seq, n_vocab]: the tied
+    embedding, no bias."""
+    return matmul(x, wte.T)
 
 
 def gpt2(
@@ -205,21 +235,22 @@ def gpt2(
     *,
     last_only: bool = False,
 ) -> np.ndarray:
-    """Token ids [n_seq] -> logits [n_seq, n_vocab].
+    """Token ids [n_batch, n_seq] -> logits [n_batch, n_seq, n_vocab].
 
     With ``cache`` (one ``KVCache`` per block), the ids continue the
     positions already cached: they take positions ``past .. past + n_seq``
     and attend to everything before them. ``last_only`` computes the logits
-    of the last position alone, [1, n_vocab]: all that choosing the next
-    token needs, and the head is the largest matrix of the smaller models.
+    of the last position alone, [n_batch, 1, n_vocab]: all that choosing the
+    next token needs, and the head is the largest matrix of the smaller
+    models.
     """
     past = cache[0].length if cache else 0  # every layer has seen the same positions
-    x = wte[ids] + wpe[past : past + len(ids)]  # [n_seq, n_embd]
+    x = wte[ids] + wpe[past : past + ids.shape[-1]]  # [n_batch, n_seq, n_embd]
     trace.record(embeddings=x)
     for i, block in enumerate(blocks):
         x = transformer_block(
             x, **block, n_head=n_head, cache=cache[i] if cache else None, trace=trace.layer(i)
         )
-    x = layer_norm(x, **ln_f)  # [n_seq, n_embd]
+    x = layer_norm(x, **ln_f)  # [n_batch, n_seq, n_embd]
     trace.record(ln_f=x)
-    return lm_head(x[-1:] if last_only else x, wte)
+    return lm_head(x[:, -1:] if last_only else x, wte)

@@ -14,9 +14,9 @@ from picogpt2.backend import Backend, get_backend, tune_malloc
 from picogpt2.download import download_model, read_marker
 from picogpt2.encoder import Encoder, load_encoder
 from picogpt2.errors import InputError
+from picogpt2.generation import SampleState, Settings, sample_text, window
 from picogpt2.gpt2 import KVCache, Params, Trace, gpt2
 from picogpt2.hparams import HPARAMS_FILE, SIZES, HParams, read_hparams
-from picogpt2.sampling import SplitMix64, check_sampling_args, sample
 from picogpt2.weights import (
     DamagedWeightsError,
     WeightsError,
@@ -28,22 +28,18 @@ from picogpt2.weights import (
 DTYPES = ("float32", "float64")
 
 
-def check_lengths(n_prompt: int, n_tokens: int, n_ctx: int) -> None:
-    """The one check of a generation's lengths: at least one prompt token,
-    ``n_tokens`` >= 0 new ones, all within the context of ``n_ctx``."""
+def check_lengths(n_prompt: int, n_tokens: int, n_ctx: int, n_samples: int = 1) -> None:
+    """The one check of a generation's lengths: a prompt of 1 to ``n_ctx``
+    tokens, ``n_tokens`` >= 0 new ones (past the context, the window
+    slides), ``n_samples`` >= 1."""
     if n_prompt < 1:
         raise InputError("need at least one token id")
+    if n_prompt > n_ctx:
+        raise InputError(f"the prompt is {n_prompt} tokens, more than the context of {n_ctx}")
     if n_tokens < 0:
         raise InputError(f"n-tokens must be >= 0, got {n_tokens}")
-    if n_tokens >= n_ctx:
-        raise InputError(
-            f"n-tokens {n_tokens} leaves no room for a prompt in the context of {n_ctx}"
-        )
-    if n_prompt + n_tokens > n_ctx:
-        raise InputError(
-            f"the prompt is {n_prompt} tokens; with n-tokens {n_tokens} that exceeds "
-            f"the context of {n_ctx}"
-        )
+    if n_samples < 1:
+        raise InputError(f"n-samples must be >= 1, got {n_samples}")
 
 
 def tensor_shapes(h: HParams) -> dict[str, tuple[int, ...]]:
@@ -153,15 +149,15 @@ class GPT2:
         self.dtype = np.dtype(dtype)
         self.model_dir = model_dir
 
-    def _ids(self, ids: Sequence[int], n_tokens: int = 0) -> np.ndarray:
-        """Check token ids (and room for ``n_tokens`` after them); put them
-        where the model runs."""
+    def _ids(self, ids: Sequence[int]) -> np.ndarray:
+        """Check a prompt's token ids; put them where the model runs, as a
+        batch of one, [1, n_seq]."""
         try:
-            array = np.asarray(ids, dtype=np.int64).reshape(-1)
+            array = np.asarray(ids, dtype=np.int64).reshape(1, -1)
         except OverflowError:  # a Python int beyond 64 bits
             array = None
         if array is not None:
-            check_lengths(array.size, n_tokens, self.hparams.n_ctx)
+            check_lengths(array.size, 0, self.hparams.n_ctx)
         if array is None or array.min() < 0 or array.max() >= self.hparams.n_vocab:
             raise InputError(f"token ids must be in [0, {self.hparams.n_vocab})")
         return self.backend.upload(array, np.int64)
@@ -176,15 +172,22 @@ class GPT2:
             )
         return logits
 
-    def new_cache(self) -> list[KVCache]:
-        """An empty cache: one ``KVCache`` per block, room for n_ctx positions."""
+    def new_cache(self, n_batch: int = 1, size: int | None = None) -> list[KVCache]:
+        """An empty cache: one ``KVCache`` per block, ``n_batch`` rows of
+        ``size`` positions (default: the whole context)."""
         h, like = self.hparams, self.params["wte"]
-        return [KVCache(h.n_head, h.n_ctx, h.head_dim, like=like) for _ in range(h.n_layer)]
+        size = size or h.n_ctx
+        return [KVCache(n_batch, h.n_head, size, h.head_dim, like=like) for _ in range(h.n_layer)]
+
+    def forward(self, ids: np.ndarray, cache: list[KVCache] | None = None, **kwargs) -> np.ndarray:
+        """``gpt2`` with this model's weights: [n_batch, n_seq] -> logits,
+        checked to be finite."""
+        logits = gpt2(ids, **self.params, n_head=self.hparams.n_head, cache=cache, **kwargs)
+        return self._finite(logits)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits [len(ids), n_vocab] for every position of ``ids``."""
-        logits = gpt2(self._ids(ids), **self.params, n_head=self.hparams.n_head)
-        return self.backend.to_numpy(self._finite(logits))
+        return self.backend.to_numpy(self.forward(self._ids(ids))[0])
 
     def trace(self, ids: Sequence[int], *, attn: bool = False) -> dict[str, np.ndarray]:
         """Every activation an implementer compares against, as NumPy arrays:
@@ -200,61 +203,113 @@ class GPT2:
         """
         trace = Trace()
         device_ids = self._ids(ids)
-        logits = gpt2(device_ids, **self.params, n_head=self.hparams.n_head, trace=trace)
-        to_numpy = self.backend.to_numpy
+        logits = self.forward(device_ids, trace=trace)
+
+        def one(array: np.ndarray) -> np.ndarray:  # the batch of one, as NumPy
+            return self.backend.to_numpy(array[0])
+
         hidden = [trace.arrays["embeddings"]] + [t.arrays["hidden"] for t in trace.layers]
         out = {
-            "ids": to_numpy(device_ids),
-            "logits": to_numpy(self._finite(logits)),
-            "hidden": np.stack([to_numpy(h) for h in hidden]),
-            "ln_f": to_numpy(trace.arrays["ln_f"]),
+            "ids": one(device_ids),
+            "logits": one(logits),
+            "hidden": np.stack([one(h) for h in hidden]),
+            "ln_f": one(trace.arrays["ln_f"]),
         }
         if attn:
-            out["attn"] = np.stack([to_numpy(t.arrays["attn"]) for t in trace.layers])
+            out["attn"] = np.stack([one(t.arrays["attn"]) for t in trace.layers])
         return out
 
-    def stream(
+    def stream(self, ids: Sequence[int], n_tokens: int, **settings) -> Iterator[int]:
+        """Yield up to ``n_tokens`` new ids one at a time. ``settings``:
+        ``temperature``, ``top_k``, ``top_p``, ``seed``,
+        ``repetition_penalty``, ``stop`` (strings), ``ignore_eot`` (see
+        ``sampling`` and ``generation`` for the rules; greedy unless a
+        sampling option is given, stopping at <|endoftext|>)."""
+        return (token for _, token in self.stream_many(ids, n_tokens, 1, **settings))
+
+    def generate(self, ids: Sequence[int], n_tokens: int, **settings) -> list[int]:
+        """The new ids after ``ids`` (not including them); see ``stream``."""
+        return list(self.stream(ids, n_tokens, **settings))
+
+    def generate_many(
+        self, ids: Sequence[int], n_tokens: int, n_samples: int, **settings
+    ) -> list[list[int]]:
+        """``n_samples`` continuations of ``ids``, decoded as one batch;
+        sample ``j`` is the single generation with seed ``seed + j``."""
+        samples: list[list[int]] = [[] for _ in range(n_samples)]
+        for j, token in self.stream_many(ids, n_tokens, n_samples, **settings):
+            samples[j].append(token)
+        return samples
+
+    def complete(self, prompt: str, n_tokens: int, n_samples: int = 1, **settings) -> list[str]:
+        """Text in, text out: each sample's continuation of ``prompt``,
+        ending before a stop string, without a final <|endoftext|>."""
+        ids = self.encoder.encode(prompt) if prompt else [self.encoder.eot_token]
+        samples = self.generate_many(ids, n_tokens, n_samples, **settings)
+        rules = Settings(stop=tuple(settings.get("stop", ())),
+                         ignore_eot=settings.get("ignore_eot", False))  # fmt: skip
+        return [sample_text(self.encoder, sample, rules) for sample in samples]
+
+    def stream_many(
         self,
         ids: Sequence[int],
         n_tokens: int,
+        n_samples: int,
         *,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
         seed: int | None = None,
-    ) -> Iterator[int]:
-        """Yield ``n_tokens`` new ids one at a time (see ``sampling`` for the
-        rules; greedy unless a sampling option is given)."""
-        check_sampling_args(temperature, top_k, top_p)
-        device_ids = self._ids(ids, n_tokens)
-        rng = SplitMix64(seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
-        return self._decode(device_ids, n_tokens, rng, temperature, top_k, top_p)
+        stop: Sequence[str] = (),
+        **options,
+    ) -> Iterator[tuple[int, int]]:
+        """(sample, id) pairs as they are generated, step by step, for
+        ``n_samples`` continuations of ``ids`` (see ``generate_many``)."""
+        settings = Settings(stop=tuple(stop), **options)
+        settings.check()
+        prompt = self._ids(ids)
+        check_lengths(prompt.shape[1], n_tokens, self.hparams.n_ctx, n_samples)
+        seed = seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        samples = [
+            SampleState(j, ids, seed + j, settings, self.encoder, self._seen(ids, settings))
+            for j in range(n_samples)
+        ]
+        return self._decode(prompt, n_tokens, samples)
 
-    def _decode(self, device_ids, n_tokens, rng, temperature, top_k, top_p) -> Iterator[int]:
-        cache, n_head = self.new_cache(), self.hparams.n_head
-        logits = gpt2(device_ids, **self.params, n_head=n_head, cache=cache, last_only=True)
-        for i in range(n_tokens):
-            next_logits = self._finite(logits[0])
-            token = sample(next_logits, rng, temperature=temperature, top_k=top_k, top_p=top_p)
-            yield token
-            if i + 1 < n_tokens:
-                ids = self.backend.upload([token], np.int64)
-                logits = gpt2(ids, **self.params, n_head=n_head, cache=cache, last_only=True)
+    def _seen(self, ids: Sequence[int], settings: Settings) -> np.ndarray | None:
+        """[n_vocab] True at the prompt's ids, where a repetition penalty needs it."""
+        if not settings.penalized:
+            return None
+        seen = np.zeros(self.hparams.n_vocab, dtype=bool)
+        seen[np.asarray(ids, dtype=np.int64)] = True
+        return self.backend.upload(seen, bool)
 
-    def generate(
-        self,
-        ids: Sequence[int],
-        n_tokens: int,
-        *,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-    ) -> list[int]:
-        """The ``n_tokens`` new ids after ``ids`` (not including them)."""
-        return list(
-            self.stream(ids, n_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        )
+    def _decode(
+        self, prompt: np.ndarray, n_tokens: int, samples: list[SampleState]
+    ) -> Iterator[tuple[int, int]]:
+        """The decode loop: run the prompt once; then per step, every sample
+        still going picks a token, stopped ones leave the batch, and the
+        rest take one more position (or slide their window)."""
+        n_ctx = self.hparams.n_ctx
+        cache = self.new_cache(1, min(prompt.shape[1] + n_tokens, n_ctx))
+        logits = self.forward(prompt, cache, last_only=True)[:, 0]  # [1, n_vocab]
+        if len(samples) > 1:  # every sample continues the prompt's cache
+            cache = [layer.repeat(len(samples)) for layer in cache]
+            logits = np.repeat(logits, len(samples), axis=0)  # [n_batch, n_vocab]
+        for step in range(n_tokens):
+            for i, s in enumerate(samples):
+                yield s.index, s.choose(logits[i])
+            going = [i for i, s in enumerate(samples) if not s.stopped]
+            if step + 1 == n_tokens or not going:
+                return
+            if len(going) < len(samples):
+                samples = [samples[i] for i in going]
+                for layer in cache:
+                    layer.keep(going)
+            if cache[0].length == n_ctx:  # full: each sample goes on from its window
+                ids = [window(s.sequence, n_ctx) for s in samples]
+                cache = self.new_cache(len(samples), n_ctx)
+            else:
+                ids = [[s.sequence[-1]] for s in samples]
+            ids = self.backend.upload(ids, np.int64)  # [n_batch, n_seq]
+            logits = self.forward(ids, cache, last_only=True)[:, 0]
 
 
 def load_model(

@@ -3,31 +3,40 @@ top-p, drawn with a small RNG that any language can reproduce bit for bit.
 
 The rules, in order (as in OpenAI's sampler and transformers):
 
-0. Greedy (``argmax``, the lowest id on a tie) when no sampling option is
-   given, when ``temperature == 0``, or when ``top_k == 1``.
-1. ``z = float64(logits)``; ``T = temperature`` (1 when not given).
-2. Sort ``z`` descending, ties by ascending token id.
-3. top-k: keep every token whose ``z`` is at least the k-th largest (ties
+1. ``z = float64(logits)``.
+2. Repetition penalty ``P`` (when given; 1 changes nothing): for every
+   distinct id already in the prompt or the continuation, ``z[id] / P``
+   where ``z[id] > 0``, else ``z[id] * P`` (the CTRL paper's rule, as
+   transformers applies it, before everything below, greedy included).
+3. Greedy (``argmax`` of ``z``, the lowest id on a tie) when no sampling
+   option is given, when ``temperature == 0``, or when ``top_k == 1``.
+4. Sort ``z`` descending, ties by ascending token id.
+5. top-k: keep every token whose ``z`` is at least the k-th largest (ties
    at the boundary are all kept, as in OpenAI's and transformers' code).
-4. ``w = exp((z - z_max) / T)`` over the kept tokens, ``cdf = cumsum(w)``
-   in the sorted order, ``total = cdf[-1]``. This is softmax(z / T) up to
-   its normaliser; dividing the gaps, never the logits, means no
-   temperature > 0 overflows: a tiny one gives its limit, greedy (ties at
-   the top shared), and an infinite one the uniform choice.
-5. top-p: keep the shortest sorted prefix whose ``cdf / total`` reaches
+6. ``w = exp((z - z_max) / T)`` over the kept tokens, with ``T`` the
+   temperature (1 once top-k or top-p is given without one); ``cdf =
+   cumsum(w)`` in the sorted order. This is softmax(z / T) up to its
+   normaliser; dividing the gaps, never the logits, means no temperature
+   > 0 overflows: a tiny one gives its limit, greedy (ties at the top
+   shared), and an infinite one the uniform choice.
+7. top-p: keep the shortest sorted prefix whose ``cdf / cdf[-1]`` reaches
    ``top_p``; the token that crosses ``top_p`` is kept. The kept prefix's
    cdf is the first entries of the same ``cdf``.
-6. Draw ``u = rng.uniform()`` and pick the first sorted token whose
+8. Draw ``u = rng.uniform()`` and pick the first sorted token whose
    ``cdf > u * cdf_kept[-1]``.
 
 ``SplitMix64`` (below) produces ``u``: a 64-bit state, a fixed increment
-and two multiply-xorshift rounds; ``uniform`` keeps the top 53 bits. A C
-implementation with the same logits and seed draws the same tokens (exp()
-results may differ in the last bit between math libraries, which changes a
-token only when ``u`` falls within an ulp of a boundary).
+and two multiply-xorshift rounds; ``uniform`` keeps the top 53 bits. Sample
+``j`` of several drawn together uses its own generator seeded ``seed + j``,
+so it equals the single generation with that seed. A C implementation with
+the same logits and seed draws the same tokens (exp() results may differ in
+the last bit between math libraries, which changes a token only when ``u``
+falls within an ulp of a boundary).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -54,7 +63,12 @@ class SplitMix64:
         return (self.next_u64() >> 11) * 2.0**-53
 
 
-def check_sampling_args(temperature: float | None, top_k: int | None, top_p: float | None) -> None:
+def check_sampling_args(
+    temperature: float | None,
+    top_k: int | None,
+    top_p: float | None,
+    repetition_penalty: float | None = None,
+) -> None:
     """The one check of the sampling settings: ``InputError`` with a
     one-line reason for an invalid one (NaN is invalid everywhere)."""
     if temperature is not None and not temperature >= 0:
@@ -63,12 +77,32 @@ def check_sampling_args(temperature: float | None, top_k: int | None, top_p: flo
         raise InputError(f"top-k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise InputError(f"top-p must be in (0, 1], got {top_p}")
+    if repetition_penalty is not None and not 0 < repetition_penalty < math.inf:
+        raise InputError(f"repetition penalty must be > 0 and finite, got {repetition_penalty}")
 
 
 def is_greedy(temperature: float | None, top_k: int | None, top_p: float | None) -> bool:
     if temperature is None:
         return top_k is None and top_p is None or top_k == 1
     return temperature == 0 or top_k == 1
+
+
+def penalize(z: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """Step 2 on float64 ``z`` [n_vocab]; ``seen`` [n_vocab] is True at the
+    ids of the prompt and the continuation so far."""
+    return np.where(seen, np.where(z > 0, z / penalty, z * penalty), z)
+
+
+def sorted_candidates(z: np.ndarray, top_k: int | None) -> np.ndarray:
+    """Steps 4 and 5: the ids kept, sorted by descending ``z``, ties by
+    ascending id. With top-k, a partition finds the k-th largest value in
+    linear time and only the tokens at or above it are sorted: the same
+    ids, in the same order, as sorting all of them."""
+    if top_k is None or top_k >= len(z):
+        return np.argsort(-z, kind="stable")
+    kth = np.partition(z, len(z) - top_k)[len(z) - top_k]
+    ids = np.flatnonzero(z >= kth)  # ascending ids; ties at the boundary kept
+    return ids[np.argsort(-z[ids], kind="stable")]
 
 
 def sample(
@@ -78,18 +112,22 @@ def sample(
     temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
+    repetition_penalty: float | None = None,
+    seen: np.ndarray | None = None,
 ) -> int:
-    """The next token id from ``logits`` [n_vocab], by the rules above."""
-    if is_greedy(temperature, top_k, top_p):
-        return int(np.argmax(logits))
+    """The next token id from ``logits`` [n_vocab], by the rules above.
+    ``seen`` [n_vocab], True at the ids so far, is needed with a repetition
+    penalty."""
     z = logits.astype(np.float64)  # step 1
-    order = np.argsort(-z, kind="stable")  # step 2
+    if repetition_penalty is not None and repetition_penalty != 1 and seen is not None:
+        z = penalize(z, seen, repetition_penalty)  # step 2
+    if is_greedy(temperature, top_k, top_p):  # step 3
+        return int(np.argmax(z))
+    order = sorted_candidates(z, top_k)  # steps 4 and 5
     z = z[order]
-    if top_k is not None and top_k < len(z):  # step 3
-        z = z[: int(np.sum(z >= z[top_k - 1]))]
-    cdf = np.cumsum(np.exp((z - z[0]) / (1.0 if temperature is None else temperature)))  # 4
-    if top_p is not None and top_p < 1:  # step 5
+    cdf = np.cumsum(np.exp((z - z[0]) / (1.0 if temperature is None else temperature)))  # 6
+    if top_p is not None and top_p < 1:  # step 7
         crossing = int(np.argmax(cdf / cdf[-1] >= top_p))
         cdf = cdf[: crossing + 1]
-    u = rng.uniform()  # step 6
+    u = rng.uniform()  # step 8
     return int(order[int(np.searchsorted(cdf, u * cdf[-1], side="right"))])

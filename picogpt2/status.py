@@ -13,10 +13,22 @@ import time
 
 REFRESH_S = 0.2  # the shortest time between two redraws of a progress line
 CLEAR_LINE = "\r\033[K"
+_quiet = False  # a command's --quiet: its process prints no status
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
 
 
 def status(message: str, end: str = "\n") -> None:
-    """A line on stderr, or nothing if stderr is closed or unwritable."""
+    """A status line on stderr, unless quiet (see ``error``)."""
+    if not _quiet:
+        error(message, end)
+
+
+def error(message: str, end: str = "\n") -> None:
+    """A line on stderr, even when quiet; nothing if stderr is closed."""
     stream = sys.stderr
     if stream is None:  # the process was started with stderr closed
         return

@@ -135,6 +135,7 @@ def test_every_call_exists_in_cupy_with_those_arguments(pair):
     StrictArray.called.clear()
     strict.generate(IDS, 4)
     strict.generate(IDS, 4, top_k=5, top_p=0.5, seed=1)
+    strict.generate_many(IDS, 70, 3, temperature=3.0, repetition_penalty=1.2, seed=1)
     strict.trace(IDS, attn=True)
     assert {
         "matmul",
@@ -143,6 +144,9 @@ def test_every_call_exists_in_cupy_with_those_arguments(pair):
         "empty",
         "argsort",
         "searchsorted",
+        "partition",
+        "flatnonzero",
+        "repeat",
     } <= StrictArray.called.keys()
     for name, calls in StrictArray.called.items():
         function = getattr(cupy, name.split(".")[0], None)
@@ -153,3 +157,13 @@ def test_every_call_exists_in_cupy_with_those_arguments(pair):
             continue
         for n_args, keywords in calls:
             signature.bind(*[None] * n_args, **dict.fromkeys(keywords))
+
+
+def test_samples_penalty_and_sliding_window_run_through_dispatch(pair):
+    ours, strict = pair
+    kwargs = {"top_k": 20, "repetition_penalty": 1.2, "seed": 4, "ignore_eot": True}
+    assert strict.generate_many(IDS, 70, 3, **kwargs) == ours.generate_many(IDS, 70, 3, **kwargs)
+    stopping = {"temperature": 3.0, "seed": 1}  # samples leave the batch at different steps
+    assert strict.generate_many(IDS, 40, 4, **stopping) == ours.generate_many(
+        IDS, 40, 4, **stopping
+    )

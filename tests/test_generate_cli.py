@@ -77,7 +77,15 @@ def test_zero_tokens_prints_the_prompt(models):
         (["--top-p", "1.5"], "top-p must be in (0, 1]"),
         (["--temperature", "-1"], "temperature must be >= 0"),
         (["--model-size", "2B"], "unknown model size '2B'"),
-        (["--n-tokens", "1024"], "leaves no room for a prompt"),
+        (["--n-samples", "0"], "n-samples must be >= 1"),
+        (["--n-samples", "x"], "argument --n-samples: invalid int value"),
+        (["--repetition-penalty", "0"], "repetition penalty must be > 0 and finite"),
+        (["--repetition-penalty", "-1"], "repetition penalty must be > 0 and finite"),
+        (["--repetition-penalty", "nan"], "repetition penalty must be > 0 and finite"),
+        (["--repetition-penalty", "inf"], "repetition penalty must be > 0 and finite"),
+        (["--repetition-penalty", "x"], "argument --repetition-penalty: invalid float value"),
+        (["--stop", ""], "stop strings must be non-empty"),
+        (["--interactive"], "--interactive reads prompts from stdin"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2_before_any_work(args, message, tmp_path):
@@ -89,7 +97,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_work(args, message, tmp_pat
 
 def test_prompt_longer_than_context(models):
     r = run("x " * 40, "--n-tokens", "5", *tiny_args(models))
-    assert r.returncode == 2 and "exceeds the context of 32" in r.stderr
+    assert r.returncode == 2 and "the prompt is 80 tokens, more than the context of 32" in r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -117,7 +125,8 @@ def test_unreachable_download_is_one_line(tmp_path):
 def test_help_documents_every_flag():
     r = run("--help")
     for flag in ("--n-tokens", "--model-size", "--models-dir", "--top-k", "--top-p",
-                 "--temperature", "--seed", "--backend"):  # fmt: skip
+                 "--temperature", "--seed", "--backend", "--n-samples", "--stop",
+                 "--ignore-eot", "--repetition-penalty", "--interactive", "--quiet"):  # fmt: skip
         assert flag in r.stdout
 
 

@@ -58,7 +58,8 @@ def test_logits_shape_and_dtype(model):
 
 
 def forward(model, ids, cache=None, **kwargs):
-    return gpt2.gpt2(np.array(ids), **model.params, n_head=4, cache=cache, **kwargs)
+    """gpt2 on one sequence: [n_seq] -> [n_seq, n_vocab]."""
+    return gpt2.gpt2(np.array([ids]), **model.params, n_head=4, cache=cache, **kwargs)[0]
 
 
 def test_cache_gives_the_same_logits(model):
@@ -92,13 +93,13 @@ def test_each_layer_cache_holds_its_own_keys_and_values(model):
     forward(model, IDS[:6], trace=trace)
     assert len(cache) == len(model.params["blocks"])
     for layer_cache in cache:
-        assert layer_cache.length == 6 and layer_cache.k.shape == (4, 48, 8)
+        assert layer_cache.length == 6 and layer_cache.k.shape == (1, 4, 48, 8)
     # Layer 1's keys are computed from block 0's output, not the embeddings.
     x = trace.layers[0].arrays["hidden"]
     block = model.params["blocks"][1]
     qkv = gpt2.linear(gpt2.layer_norm(x, **block["ln_1"]), **block["attn"]["c_attn"])
     k = gpt2.split_heads(np.split(qkv, 3, axis=-1)[1], 4)
-    np.testing.assert_allclose(cache[1].k[:, :6], k, rtol=1e-6)
+    np.testing.assert_allclose(cache[1].k[:, :, :6], k, rtol=1e-6)
 
 
 def test_positions_continue_after_the_cache(model):
@@ -202,9 +203,9 @@ def test_trace_keys_shapes_and_dtypes(model):
 
 
 def test_context_and_id_limits(model):
-    with pytest.raises(ValueError, match="exceeds the context of 48"):
-        model.generate(IDS, 48 - len(IDS) + 1)
-    assert len(model.generate(IDS, 48 - len(IDS))) == 48 - len(IDS)
+    with pytest.raises(ValueError, match="the prompt is 49 tokens, more than the context of 48"):
+        model.generate([1] * 49, 1)
+    assert len(model.generate([1] * 48, 3, ignore_eot=True)) == 3  # the window slides
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 264\)"):
         model.logits([264])
     with pytest.raises(ValueError, match="at least one"):

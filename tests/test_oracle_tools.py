@@ -54,7 +54,7 @@ def test_dump_text_without_attention(models, tmp_path):
     [
         (["--ids", "1,x"], "comma-separated integers"),
         (["--ids", "1,999"], "token ids must be in"),
-        (["--ids", ",".join(["1"] * 17)], "exceeds the context"),
+        (["--ids", ",".join(["1"] * 17)], "more than the context of 16"),
         (["--text", ""], "--text is empty"),
     ],
 )

@@ -103,18 +103,28 @@ def test_float32_logits_within_2e5_of_largest(float32_pair):
     assert err <= 2e-5, err
 
 
+def their_greedy(model, ids: list[int], n_tokens: int, **options) -> list[int]:
+    """transformers' greedy generate, running the full count (no end-of-text
+    stop: our oracle tests pass ignore_eot=True to match)."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n_tokens, do_sample=False,
+                             eos_token_id=None, pad_token_id=0, **options)  # fmt: skip
+    return out[0, len(ids) :].tolist()
+
+
 def test_greedy_32_tokens_match_generate(float32_pair):
     ours, theirs = float32_pair
     ids = input_ids(ours.hparams.n_vocab)
-    with torch.no_grad():
-        out = theirs.generate(
-            torch.tensor([ids]),
-            max_new_tokens=32,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
-        )
-    assert ours.generate(ids, 32) == out[0, N_INPUT:].tolist()
+    assert ours.generate(ids, 32, ignore_eot=True) == their_greedy(theirs, ids, 32)
+
+
+@pytest.mark.parametrize("penalty", [1.3, 0.8])
+def test_greedy_with_repetition_penalty_matches_generate(float32_pair, penalty):
+    ours, theirs = float32_pair
+    ids = input_ids(ours.hparams.n_vocab)[:16] * 2  # repeats for the penalty to act on
+    mine = ours.generate(ids, 32, ignore_eot=True, repetition_penalty=penalty)
+    assert mine == their_greedy(theirs, ids, 32, repetition_penalty=penalty)
+    assert mine != ours.generate(ids, 32, ignore_eot=True)  # the penalty changed something
 
 
 def test_float64_reference_agrees_to_1e10(folder):

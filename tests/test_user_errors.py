@@ -268,7 +268,7 @@ def test_too_long_a_prompt_is_refused_before_the_large_download(tmp_path):
         env["PICOGPT2_BASE_URL"] = mirror.url
         models = tmp_path / "models"
         r = run("generate", "x " * 40, "--n-tokens", "5", "--models-dir", str(models), env=env)
-        one_line_error(r, 2, "exceeds the context of 32")
+        one_line_error(r, 2, "more than the context of 32")
         assert SHARD_FILE not in mirror.names()  # only the vocabulary was fetched
     finally:
         mirror.close()

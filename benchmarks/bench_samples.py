@@ -1,0 +1,108 @@
+"""Several samples at once: decode tokens/s for 1, 2, 4, 8 and 16 samples of
+one prompt, decoded as one batch, against one sample, and against the
+"matmuls only" floor with as many rows.
+
+    python benchmarks/bench_samples.py [--size 124M] [--repeats 5] [--top-k 40]
+
+Random weights with the real shapes (speed does not depend on the values),
+float32. A sample decodes 32 tokens after a 16-token prompt, timed as
+T(33) - T(1) so the prompt is not counted; tokens/s counts every sample's
+tokens. Sampling is top-k 40 (OpenAI's suggestion for GPT-2), each sample
+with its own seed, and no sample stops early. All batch sizes run round
+after round in one process (this machine is shared and noisy); the table
+shows medians.
+
+"matmuls only" runs just the matrix products of one decode step with n
+rows (every weight matrix, then the head): the least time any NumPy
+implementation of the step could take on this BLAS. Its ratio column is the
+most that batching can give here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_model import random_model  # noqa: E402
+
+PROMPT, N_DECODE = 16, 32
+BATCHES = (1, 2, 4, 8, 16)
+
+
+def ours_rate(model, n_samples: int, top_k: int) -> float:
+    """Decode tokens/s of all samples together."""
+    prompt = list(range(PROMPT))
+
+    def run(n_tokens: int) -> float:
+        start = time.perf_counter()
+        model.generate_many(prompt, n_tokens, n_samples, top_k=top_k, seed=1, ignore_eot=True)
+        return time.perf_counter() - start
+
+    first = run(1)
+    return n_samples * N_DECODE / (run(N_DECODE + 1) - first)
+
+
+def floor_rate(model, n_samples: int) -> float:
+    """Tokens/s if a decode step were its matrix products alone."""
+    p = model.params
+    matrices = [
+        block[part][name]["w"]
+        for block in p["blocks"]
+        for part, name in [("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"),
+                           ("mlp", "c_proj")]
+    ]  # fmt: skip
+    rows = {k: np.ones((n_samples, k), np.float32) for k in {w.shape[0] for w in matrices}}
+    start = time.perf_counter()
+    for _ in range(N_DECODE):
+        for w in matrices:
+            rows[w.shape[0]] @ w
+        rows[p["wte"].shape[1]] @ p["wte"].T
+    return n_samples * N_DECODE / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="124M")
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "weights")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds (default 5)")
+    parser.add_argument("--top-k", type=int, default=40)
+    args = parser.parse_args()
+
+    import picogpt2
+
+    name = random_model(args.models_dir, args.size)
+    model = picogpt2.load_model(name, args.models_dir, download=False)
+    model.generate_many(list(range(PROMPT)), 4, 8, top_k=args.top_k, seed=1)  # warm up
+    ours: dict[int, list[float]] = {n: [] for n in BATCHES}
+    floor: dict[int, list[float]] = {n: [] for n in BATCHES}
+    for _ in range(args.repeats):
+        for n in BATCHES:
+            ours[n].append(ours_rate(model, n, args.top_k))
+            floor[n].append(floor_rate(model, n))
+    print(
+        f"{args.size}, float32, top-k {args.top_k}; {N_DECODE} tokens per sample after "
+        f"{PROMPT}; medians of {args.repeats} interleaved rounds"
+    )
+    print(
+        f"{'samples':>7} {'tok/s':>8} {'vs 1':>6} {'floor tok/s':>12} {'vs 1':>6} {'of floor':>9}"
+    )
+    base, floor_base = statistics.median(ours[1]), statistics.median(floor[1])
+    for n in BATCHES:
+        rate, best = statistics.median(ours[n]), statistics.median(floor[n])
+        print(
+            f"{n:7} {rate:8.1f} {rate / base:5.2f}x {best:12.1f} {best / floor_base:5.2f}x "
+            f"{rate / best:8.0%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
