@@ -31,6 +31,8 @@ SCRIPTS = {
     "download": "picogpt2-download",
     "dump": "picogpt2-dump",
     "score": "picogpt2-score",
+    "compare": "picogpt2-compare",
+    "tokens": "picogpt2-tokens",
 }
 
 
@@ -72,6 +74,42 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=BACKENDS,
         default=None,
         help=f"array backend (default: ${BACKEND_ENV} or numpy)",
+    )
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """--temperature, --top-k, --top-p, --repetition-penalty and --seed."""
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="divide logits by this before sampling; 0 is greedy "
+        "(default: 1 when --top-k or --top-p is given)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="sample among the k most likely tokens (1 is greedy)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="sample among the fewest most likely tokens whose probability reaches p, in (0, 1]",
+    )
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=None,
+        help="divide the positive logits (multiply the negative ones) of every token already "
+        "in the prompt or the continuation by P > 0, greedy too (1 is off; as transformers)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the portable SplitMix64 sampler, for reproducible output",
     )
 
 

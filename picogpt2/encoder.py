@@ -84,9 +84,15 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def bpe(word: bytes, ranks: dict[tuple[bytes, bytes], int]) -> list[bytes]:
+Merge = tuple[int, bytes, bytes]  # (rank, first, second)
+
+
+def bpe(
+    word: bytes, ranks: dict[tuple[bytes, bytes], int], steps: list[Merge] | None = None
+) -> list[bytes]:
     """Merge a piece's bytes by rank: the lowest-ranked adjacent pair first,
-    every occurrence of it left to right, until no adjacent pair is ranked."""
+    every occurrence of it left to right, until no adjacent pair is ranked.
+    ``steps``, when given, receives each merge in the order it is made."""
     parts = [word[i : i + 1] for i in range(len(word))]
     while len(parts) > 1:
         pairs = zip(parts, parts[1:], strict=False)
@@ -94,6 +100,8 @@ def bpe(word: bytes, ranks: dict[tuple[bytes, bytes], int]) -> list[bytes]:
         if best not in ranks:
             break
         first, second = best
+        if steps is not None:
+            steps.append((ranks[best], first, second))
         merged: list[bytes] = []
         i = 0
         while i < len(parts):
@@ -162,10 +170,17 @@ class Encoder:
         self.eot_token = token_to_id[ENDOFTEXT.encode()]
         self._cache = _PieceCache(self, cache_size)
 
-    def encode_piece(self, piece: str) -> tuple[int, ...]:
-        """Token ids of one pre-tokenized piece."""
-        tokens = bpe(piece.encode("utf-8"), self.ranks)
+    def encode_piece(self, piece: str, steps: list[Merge] | None = None) -> tuple[int, ...]:
+        """Token ids of one pre-tokenized piece (``steps``: see ``bpe``)."""
+        tokens = bpe(piece.encode("utf-8"), self.ranks, steps)
         return tuple(self.token_to_id[t] for t in tokens)
+
+    @staticmethod
+    def pieces(text: str) -> list[str]:
+        """The pre-tokenizer's pieces of ``text``, with the pattern ``encode``
+        uses for it (the explicit, slower form of its choice)."""
+        pattern = PATTERN_UNICODE_16 if HAS_UNICODE_17.search(text) else PATTERN
+        return pattern.findall(text)
 
     def encode(
         self, text: str, *, allowed_special: Collection[str] | Literal["all"] = ()

@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a file: python picogpt2/generate.py
 from picogpt2.cli import (  # noqa: E402
     Parser,
     add_model_arguments,
+    add_sampling_arguments,
     check_model_argument,
     prog_name,
     run_cli,
@@ -86,41 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="no status lines on stderr")
     return parser
-
-
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--temperature",
-        type=float,
-        default=None,
-        help="divide logits by this before sampling; 0 is greedy "
-        "(default: 1 when --top-k or --top-p is given)",
-    )
-    parser.add_argument(
-        "--top-k",
-        type=int,
-        default=None,
-        help="sample among the k most likely tokens (1 is greedy)",
-    )
-    parser.add_argument(
-        "--top-p",
-        type=float,
-        default=None,
-        help="sample among the fewest most likely tokens whose probability reaches p, in (0, 1]",
-    )
-    parser.add_argument(
-        "--repetition-penalty",
-        type=float,
-        default=None,
-        help="divide the positive logits (multiply the negative ones) of every token already "
-        "in the prompt or the continuation by P > 0, greedy too (1 is off; as transformers)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="seed of the portable SplitMix64 sampler, for reproducible output",
-    )
 
 
 def add_stopping_arguments(parser: argparse.ArgumentParser) -> None:

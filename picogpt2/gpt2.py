@@ -149,9 +149,12 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return matmul(x, w) + b
 
 
-def ffn(x: np.ndarray, c_fc: Params, c_proj: Params) -> np.ndarray:
+def ffn(x: np.ndarray, c_fc: Params, c_proj: Params, trace: Trace = NO_TRACE) -> np.ndarray:
     """[n_batch, n_seq, n_embd] -> [n_batch, n_seq, 4*n_embd] -> [n_batch, n_seq, n_embd]"""
-    return linear(gelu(linear(x, **c_fc)), **c_proj)
+    h = gelu(linear(x, **c_fc))  # [n_batch, n_seq, 4*n_embd]
+    out = linear(h, **c_proj)
+    trace.record(mlp_hidden=h, mlp_out=out)
+    return out
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -193,11 +196,13 @@ def mha(
     With a cache, ``x`` continues the positions it holds and attends to them."""
     qkv = linear(x, **c_attn)  # [n_batch, n_seq, 3*n_embd]
     q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))
+    trace.record(q=q, k=k, v=v)  # [n_batch, n_head, n_seq, head_dim] each
     if cache is not None:
         k, v = cache.extend(k, v)  # [n_batch, n_head, n_kv, head_dim]
     out, probs = attention(q, k, v)
-    trace.record(attn=probs)
-    return linear(merge_heads(out), **c_proj)
+    out = linear(merge_heads(out), **c_proj)
+    trace.record(attn=probs, attn_out=out)
+    return out
 
 
 def transformer_block(
@@ -211,9 +216,12 @@ def transformer_block(
     trace: Trace = NO_TRACE,
 ) -> np.ndarray:
     """Pre-norm block with two residual connections, [n_batch, n_seq, n_embd] -> same."""
-    x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, cache=cache, trace=trace)
-    x = x + ffn(layer_norm(x, **ln_2), **mlp)
-    trace.record(hidden=x)
+    h = layer_norm(x, **ln_1)
+    x = x + mha(h, **attn, n_head=n_head, cache=cache, trace=trace)
+    trace.record(ln_1=h, resid_attn=x)
+    h = layer_norm(x, **ln_2)
+    x = x + ffn(h, **mlp, trace=trace)
+    trace.record(ln_2=h, hidden=x)
     return x
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from picogpt2 import locations
+from picogpt2.activations import BLOCK
 from picogpt2.backend import Backend, get_backend, tune_malloc
 from picogpt2.download import download_model, read_marker
 from picogpt2.encoder import Encoder, load_encoder
@@ -189,8 +190,11 @@ class GPT2:
         """Logits [len(ids), n_vocab] for every position of ``ids``."""
         return self.backend.to_numpy(self.forward(self._ids(ids))[0])
 
-    def trace(self, ids: Sequence[int], *, attn: bool = False) -> dict[str, np.ndarray]:
-        """Every activation an implementer compares against, as NumPy arrays:
+    def trace(
+        self, ids: Sequence[int], *, attn: bool = False, detail: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Every activation an implementer compares against, as NumPy arrays
+        (``activations`` documents each key):
 
         - ``ids`` int64 [n]
         - ``logits`` [n, n_vocab]
@@ -200,6 +204,9 @@ class GPT2:
           already normed: compare it with ``ln_f``)
         - ``ln_f`` [n, n_embd]: the final layer norm's output
         - ``attn`` [n_layer, n_head, n, n] attention probabilities, if asked
+        - with ``detail``, the inside of every block, stacked over layers:
+          ``ln_1``, ``q``, ``k``, ``v``, ``attn``, ``attn_out``,
+          ``resid_attn``, ``ln_2``, ``mlp_hidden``, ``mlp_out``
         """
         trace = Trace()
         device_ids = self._ids(ids)
@@ -208,6 +215,9 @@ class GPT2:
         def one(array: np.ndarray) -> np.ndarray:  # the batch of one, as NumPy
             return self.backend.to_numpy(array[0])
 
+        def stacked(name: str) -> np.ndarray:
+            return np.stack([one(layer.arrays[name]) for layer in trace.layers])
+
         hidden = [trace.arrays["embeddings"]] + [t.arrays["hidden"] for t in trace.layers]
         out = {
             "ids": one(device_ids),
@@ -215,8 +225,8 @@ class GPT2:
             "hidden": np.stack([one(h) for h in hidden]),
             "ln_f": one(trace.arrays["ln_f"]),
         }
-        if attn:
-            out["attn"] = np.stack([one(t.arrays["attn"]) for t in trace.layers])
+        names = [key.name for key in BLOCK] if detail else ["attn"] if attn else []
+        out.update({name: stacked(name) for name in names})
         return out
 
     def stream(self, ids: Sequence[int], n_tokens: int, **settings) -> Iterator[int]:

@@ -1,0 +1,182 @@
+"""GPT-2's tokenizer from the terminal: text to ids, ids to text, and every
+step in between for people porting the BPE.
+
+    python -m picogpt2.tokens "Hello world"                 # [15496, 995]
+    python -m picogpt2.tokens --file corpus.txt --jsonl     # one array per line
+    python -m picogpt2.tokens --decode "15496, 995"         # Hello world
+    python -m picogpt2.tokens --decode --bytes "[12520]"    # the exact bytes
+    python -m picogpt2.tokens --show-work "Hello world"
+
+Text comes from the argument, stdin (without its final line ending, as
+``generate`` reads it) or ``--file`` (exactly as stored). The vocabulary is
+a model folder's (``--model-size``/``--models-dir``; a released size not
+there yet fetches only its small files) or any folder with
+``encoder.json`` and ``vocab.bpe`` (``--vocab-dir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+if __package__ in (None, ""):  # run as a file: python picogpt2/tokens.py
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from picogpt2.cli import (  # noqa: E402
+    Parser,
+    add_models_dir_argument,
+    folder_argument,
+    prog_name,
+    run_cli,
+)
+from picogpt2.download import download_model  # noqa: E402
+from picogpt2.encoder import ENDOFTEXT, Encoder, bytes_to_unicode, load_encoder  # noqa: E402
+from picogpt2.errors import InputError  # noqa: E402
+from picogpt2.hparams import SIZES  # noqa: E402
+from picogpt2.locations import models_dir  # noqa: E402
+from picogpt2.textio import argument_text, decode_utf8, read_stdin, text_stdout  # noqa: E402
+
+SPELLING = bytes_to_unicode()  # byte -> its printable stand-in in the vocabulary files
+
+
+def byte_level(data: bytes) -> str:
+    """Bytes as ``encoder.json`` and ``vocab.bpe`` spell them (space is Ġ)."""
+    return "".join(SPELLING[b] for b in data)
+
+
+def show_work(encoder: Encoder, text: str, out: TextIO) -> list[int]:
+    """Print, for each piece of ``text``: its UTF-8 bytes, their byte-level
+    spelling, every merge in order (rank and result) and its ids."""
+    ids: list[int] = []
+    pieces = encoder.pieces(text)
+    out.write(f"{len(pieces)} pieces from the pre-tokenizer\n")
+    for n, piece in enumerate(pieces, start=1):
+        data = piece.encode("utf-8")
+        steps: list = []
+        piece_ids = encoder.encode_piece(piece, steps)
+        out.write(f"piece {n}: {piece!r}\n")
+        out.write(f"  utf-8       {data.hex(' ')}\n")
+        out.write(f"  byte-level  {byte_level(data)}\n")
+        for rank, first, second in steps:
+            out.write(
+                f"  merge rank {rank:5}: {byte_level(first)} + {byte_level(second)} -> "
+                f"{byte_level(first + second)}\n"
+            )
+        out.write(f"  ids         {list(piece_ids)}\n")
+        ids += piece_ids
+    out.write(f"ids {json.dumps(ids)}\n")
+    return ids
+
+
+def parse_ids(text: str) -> list[int]:
+    """Ids as a JSON array or separated by commas or spaces."""
+    try:
+        values = (
+            json.loads(text) if text.lstrip().startswith("[") else text.replace(",", " ").split()
+        )
+        ids = [int(v) for v in values]
+    except (ValueError, TypeError):
+        raise InputError(
+            f"expected token ids (a JSON array, or numbers), got {text[:60]!r}"
+        ) from None
+    return ids
+
+
+def vocabulary(args: argparse.Namespace) -> Encoder:
+    if args.vocab_dir is not None:
+        return load_encoder(args.vocab_dir)
+    folder = models_dir(args.models_dir) / args.model_size
+    if not (folder / "encoder.json").is_file():
+        if args.model_size not in SIZES:
+            raise InputError(f"{folder}: no encoder.json there; name a folder with --vocab-dir")
+        download_model(args.model_size, folder.parent, small_files_only=True)
+    return load_encoder(folder)
+
+
+def read_input(args: argparse.Namespace) -> str:
+    if args.file is not None:
+        try:
+            data = args.file.read_bytes()
+        except OSError as e:
+            raise InputError(f"cannot read {args.file}: {e.strerror}") from None
+        return decode_utf8(data, str(args.file))
+    if args.text is not None:
+        return argument_text(args.text, "the text")
+    return read_stdin("text")
+
+
+def encode(encoder: Encoder, text: str, args: argparse.Namespace) -> list[int]:
+    return encoder.encode(text, allowed_special="all" if args.special else ())
+
+
+def decode(encoder: Encoder, ids: list[int], args: argparse.Namespace, out: TextIO) -> None:
+    if args.bytes:
+        out.flush()
+        sys.stdout.buffer.write(encoder.decode_bytes(ids))
+        sys.stdout.buffer.flush()
+    else:
+        out.write(encoder.decode(ids) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog=prog_name("tokens"),
+        description="Text to GPT-2 token ids (a JSON array), ids to text, or every step of "
+        "the byte-level BPE in between.",
+    )
+    parser.add_argument("text", nargs="?", default=None, help="text (or ids with --decode)")
+    parser.add_argument("--file", type=Path, default=None, help="read the input from this file")
+    parser.add_argument("--jsonl", action="store_true", help="one JSON array per input line")
+    parser.add_argument("--decode", action="store_true", help="the input is ids: print text")
+    parser.add_argument("--bytes", action="store_true", help="with --decode: the exact bytes")
+    parser.add_argument(
+        "--show-work", action="store_true", help="print every piece, byte and merge, then the ids"
+    )
+    parser.add_argument(
+        "--special",
+        action="store_true",
+        help=f"{ENDOFTEXT} in the text is the special token 50256 (default: ordinary text, "
+        "7 tokens, as OpenAI's encoder and tiktoken's encode_ordinary)",
+    )
+    parser.add_argument(
+        "--vocab-dir",
+        type=folder_argument,
+        default=None,
+        help="any folder with encoder.json and vocab.bpe (instead of a model)",
+    )
+    parser.add_argument("--model-size", default="124M", help="whose vocabulary (default: 124M)")
+    add_models_dir_argument(parser)
+    return parser
+
+
+def tokens(args: argparse.Namespace) -> int:
+    if args.bytes and not args.decode:
+        raise InputError("--bytes goes with --decode")
+    if args.file is not None and args.text is not None:
+        raise InputError("give the input as an argument or with --file, not both")
+    out = text_stdout()
+    encoder = vocabulary(args)
+    text = read_input(args)
+    lines = text.splitlines() if args.jsonl else [text]
+    for line in lines:
+        if args.decode:
+            decode(encoder, parse_ids(line), args, out)
+        elif args.show_work:
+            show_work(encoder, line, out)
+        else:
+            out.write(json.dumps(encode(encoder, line, args)) + "\n")
+    out.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_cli(lambda: tokens(args), parser.prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
