@@ -4,6 +4,8 @@ name, and one process at a time writes into a folder."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +48,26 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
 _thread_locks: dict[Path, threading.RLock] = {}
 _depth: dict[Path, int] = {}
 _registry = threading.Lock()
+
+
+@contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """A new folder ``out``, filled in the block and present only when the
+    block ends without error: it is built under a temporary name beside it
+    and renamed, and removed on any error. ``out`` must not exist, or be an
+    empty folder (then it is replaced)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; ours is ordinary
+        if out.is_dir():
+            out.rmdir()  # empty: anything else refuses, and nothing is lost
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager

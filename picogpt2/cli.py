@@ -33,6 +33,8 @@ SCRIPTS = {
     "score": "picogpt2-score",
     "compare": "picogpt2-compare",
     "tokens": "picogpt2-tokens",
+    "export": "picogpt2-export",
+    "fixture": "picogpt2-fixture",
 }
 
 
@@ -60,15 +62,36 @@ def add_models_dir_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_encoder_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--encoder-dir",
+        type=folder_argument,
+        default=None,
+        help="a folder with the vocabulary (encoder.json and vocab.bpe, or vocab.json and "
+        "merges.txt), for a model without one beside it (an llm.c file)",
+    )
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """``load_model``'s arguments from the model arguments."""
+    return {
+        "model_size": args.model_size,
+        "models_dir": args.models_dir,
+        "backend": args.backend,
+        "encoder_dir": args.encoder_dir,
+    }
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model-size, --models-dir and --backend."""
+    """--model-size, --models-dir, --encoder-dir and --backend."""
     parser.add_argument(
         "--model-size",
         default="124M",
-        help=f"{', '.join(SIZES)} (downloaded on first use), or the name of any model "
-        "folder inside --models-dir (default: 124M)",
+        help=f"{', '.join(SIZES)} (downloaded on first use), or any model inside --models-dir "
+        "or at a path: OpenAI's layout, a transformers folder, an llm.c .bin (default: 124M)",
     )
     add_models_dir_argument(parser)
+    add_encoder_dir_argument(parser)
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -114,13 +137,14 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_model_argument(args: argparse.Namespace) -> None:
-    """A released size or a folder inside the models folder; resolves
+    """A released size, or a model folder or file inside the models folder
+    (or at a path); resolves
     ``args.models_dir`` to the folder it means."""
     args.models_dir = models_dir(args.models_dir)
-    if args.model_size not in SIZES and not (args.models_dir / args.model_size).is_dir():
+    if args.model_size not in SIZES and not (args.models_dir / args.model_size).exists():
         raise InputError(
             f"unknown model size {args.model_size!r}: choose from {', '.join(SIZES)}, "
-            f"or name a model folder inside {args.models_dir}"
+            f"or name a model folder or file inside {args.models_dir} (or its path)"
         )
 
 

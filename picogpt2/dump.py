@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +27,13 @@ if __package__ in (None, ""):  # run as a file: python picogpt2/dump.py
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from picogpt2.activations import BLOCK, GENERATION  # noqa: E402
-from picogpt2.atomic import atomic_write  # noqa: E402
+from picogpt2.atomic import atomic_folder, atomic_write  # noqa: E402
 from picogpt2.cli import (  # noqa: E402
     Parser,
     add_model_arguments,
     add_sampling_arguments,
     check_model_argument,
+    model_options,
     prog_name,
     run_cli,
 )
@@ -86,17 +84,10 @@ def save_folder(out: Path, arrays: dict[str, np.ndarray], metadata: dict[str, st
     """KEY.npy for every key, and metadata.json, in a new folder ``out``."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"--out {out} exists and is not an empty folder: name a new one")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as folder:
         for key, array in arrays.items():
-            np.save(tmp / f"{key}.npy", array, allow_pickle=False)
-        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            np.save(folder / f"{key}.npy", array, allow_pickle=False)
+        (folder / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
 
 
 def generation_record(model: GPT2, ids: list[int], n_tokens: int, sampling: dict) -> dict:
@@ -184,7 +175,7 @@ def dump(args: argparse.Namespace) -> int:
         "repetition_penalty": args.repetition_penalty,
     }
     Settings(**sampling).check()
-    model = load_model(args.model_size, args.models_dir, backend=args.backend, dtype=args.dtype)
+    model = load_model(**model_options(args), dtype=args.dtype)
     if ids is None:
         ids = model.encoder.encode(argument_text(args.text, "--text"))
     arrays = model.trace(ids, attn=args.attn, detail=args.detail)

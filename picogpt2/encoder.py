@@ -298,10 +298,29 @@ def read_token_ids(path: Path) -> dict[str, int]:
     return spelled_ids
 
 
+# The vocabulary's two files, as OpenAI named them and as transformers does:
+# the same content under other names.
+VOCABULARY_FILES = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
+
+
+def vocabulary_files(model_dir: Path) -> tuple[Path, Path]:
+    """The folder's token file and merge file (OpenAI's names when neither
+    pair is complete, so that errors name what is missing)."""
+    for json_name, bpe_name in VOCABULARY_FILES:
+        if (model_dir / json_name).is_file() and (model_dir / bpe_name).is_file():
+            return model_dir / json_name, model_dir / bpe_name
+    json_name, bpe_name = VOCABULARY_FILES[0]
+    return model_dir / json_name, model_dir / bpe_name
+
+
+def has_vocabulary(model_dir: Path) -> bool:
+    return all(p.is_file() for p in vocabulary_files(model_dir))
+
+
 def load_encoder(model_dir: str | Path, *, cache_size: int = 1 << 16) -> Encoder:
-    """Read ``encoder.json`` and ``vocab.bpe`` from a model folder."""
-    model_dir = Path(model_dir)
-    json_path, bpe_path = model_dir / "encoder.json", model_dir / "vocab.bpe"
+    """Read ``encoder.json`` and ``vocab.bpe`` (or transformers' ``vocab.json``
+    and ``merges.txt``) from a folder."""
+    json_path, bpe_path = vocabulary_files(Path(model_dir))
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
 
     def to_bytes(spelled: str, path: Path) -> bytes:

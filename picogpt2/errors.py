@@ -21,3 +21,8 @@ class InputError(PicoGPT2Error, ValueError):
     the vocabulary, a prompt too long for the context. Exit status 2."""
 
     exit_status = 2
+
+
+class FormatError(PicoGPT2Error, ValueError):
+    """A model file or folder in a format picogpt2 reads (transformers,
+    llm.c) holds something it cannot use; the message names it."""

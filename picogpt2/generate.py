@@ -27,6 +27,7 @@ from picogpt2.cli import (  # noqa: E402
     add_model_arguments,
     add_sampling_arguments,
     check_model_argument,
+    model_options,
     prog_name,
     run_cli,
 )
@@ -34,8 +35,9 @@ from picogpt2.download import download_model  # noqa: E402
 from picogpt2.encoder import load_encoder  # noqa: E402
 from picogpt2.errors import InputError  # noqa: E402
 from picogpt2.generation import Continuation, Settings, sample_text  # noqa: E402
-from picogpt2.hparams import HPARAMS_FILE, SIZES, read_hparams  # noqa: E402
+from picogpt2.hparams import SIZES, read_hparams  # noqa: E402
 from picogpt2.model import GPT2, check_lengths, load_model  # noqa: E402
+from picogpt2.sources import peek_hparams  # noqa: E402
 from picogpt2.status import error, set_quiet, status  # noqa: E402
 from picogpt2.textio import (  # noqa: E402
     argument_text,
@@ -127,11 +129,10 @@ def validate(args: argparse.Namespace) -> dict:
     check_model_argument(args)
     if args.interactive and args.prompt is not None:
         raise InputError("--interactive reads prompts from stdin, one per line: give none here")
-    folder = args.models_dir / args.model_size
-    if (folder / HPARAMS_FILE).is_file():
-        n_ctx = read_hparams(folder).n_ctx
-    else:  # a released size, not downloaded yet: the catalogue knows its context
-        n_ctx = SIZES[args.model_size].n_ctx
+    # The model's files (or, for a released size not downloaded yet, the
+    # catalogue) know its context.
+    hparams = peek_hparams(args.model_size, args.models_dir)
+    n_ctx = hparams.n_ctx if hparams else args.n_tokens + 1
     check_lengths(1, args.n_tokens, n_ctx, args.n_samples)  # the prompt is at least one token
     return settings
 
@@ -231,7 +232,7 @@ def generate(args: argparse.Namespace, prog: str) -> int:
             prompt = read_stdin("prompt")
         check_prompt_before_download(args, prompt)
     status(f"loading GPT-2 {args.model_size} from {args.models_dir} ...")
-    model = load_model(args.model_size, args.models_dir, backend=args.backend)
+    model = load_model(**model_options(args))
     if args.interactive:
         return interactive(model, args, settings, out, prog)
     continue_prompt(model, prompt, args, settings, out)

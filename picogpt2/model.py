@@ -9,21 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from picogpt2 import locations
 from picogpt2.activations import BLOCK
 from picogpt2.backend import Backend, get_backend, tune_malloc
-from picogpt2.download import download_model, read_marker
 from picogpt2.encoder import Encoder, load_encoder
 from picogpt2.errors import InputError
 from picogpt2.generation import SampleState, Settings, sample_text, window
 from picogpt2.gpt2 import KVCache, Params, Trace, gpt2
-from picogpt2.hparams import HPARAMS_FILE, SIZES, HParams, read_hparams
+from picogpt2.hparams import HParams
+from picogpt2.sources import open_source
 from picogpt2.weights import (
-    DamagedWeightsError,
     WeightsError,
-    has_complete_checkpoint,
-    is_converted,
-    load_weights,
 )
 
 DTYPES = ("float32", "float64")
@@ -41,54 +36,6 @@ def check_lengths(n_prompt: int, n_tokens: int, n_ctx: int, n_samples: int = 1) 
         raise InputError(f"n-tokens must be >= 0, got {n_tokens}")
     if n_samples < 1:
         raise InputError(f"n-samples must be >= 1, got {n_samples}")
-
-
-def tensor_shapes(h: HParams) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a GPT-2 checkpoint with these hyperparameters, by name.
-    Linear weights are [1, in, out], as OpenAI stored them."""
-    e = h.n_embd
-    shapes = {"model/wte": (h.n_vocab, e), "model/wpe": (h.n_ctx, e)}
-    shapes |= {"model/ln_f/g": (e,), "model/ln_f/b": (e,)}
-    for i in range(h.n_layer):
-        p = f"model/h{i}"
-        for norm in ("ln_1", "ln_2"):
-            shapes |= {f"{p}/{norm}/g": (e,), f"{p}/{norm}/b": (e,)}
-        for name, n_in, n_out in [
-            ("attn/c_attn", e, 3 * e),
-            ("attn/c_proj", e, e),
-            ("mlp/c_fc", e, 4 * e),
-            ("mlp/c_proj", 4 * e, e),
-        ]:
-            shapes |= {f"{p}/{name}/w": (1, n_in, n_out), f"{p}/{name}/b": (n_out,)}
-    return shapes
-
-
-def check_tensors(tensors: dict[str, np.ndarray], hparams: HParams, model_dir: Path) -> None:
-    """The weights are exactly the tensors ``hparams.json`` describes: no
-    block missing or left over, every shape as its sizes say, floats."""
-    expected = tensor_shapes(hparams)
-    problem = None
-    extra = sorted(tensors.keys() - expected.keys())
-    missing = [name for name in expected if name not in tensors]
-    if missing:
-        problem = f"{missing[0]} is missing"
-    elif extra:
-        problem = f"{extra[0]} is left over"
-    else:
-        for name, shape in expected.items():
-            actual = tensors[name]
-            if actual.shape != shape:
-                problem = f"{name} is {list(actual.shape)}, where they need {list(shape)}"
-                break
-            if actual.dtype.kind != "f":
-                problem = f"{name} holds {actual.dtype}, not floats"
-                break
-    if problem:
-        sizes = ", ".join(f"{k} {v}" for k, v in hparams.as_dict().items())
-        raise WeightsError(
-            f"{model_dir / HPARAMS_FILE} ({sizes}) does not match the weights in "
-            f"{model_dir}: {problem}"
-        )
 
 
 def params_from_tensors(tensors: dict[str, np.ndarray], hparams: HParams) -> Params:
@@ -331,12 +278,16 @@ def load_model(
     download: bool = True,
     keep_freed_memory: bool = True,
     show_progress: bool = True,
+    encoder_dir: str | Path | None = None,
 ) -> GPT2:
-    """Load ``models_dir/model_size``: any folder with ``hparams.json``,
-    ``encoder.json``, ``vocab.bpe`` and weights (converted, or a TensorFlow
-    checkpoint, converted on first use). A released size (124M, 355M, 774M,
-    1558M) that is not there is downloaded first, unless ``download=False``;
-    ``models_dir`` None is the default folder (see ``locations``).
+    """Load ``models_dir/model_size`` (a name in the models folder, or a
+    path): OpenAI's layout (a folder with ``hparams.json``, ``encoder.json``,
+    ``vocab.bpe`` and weights, converted or a TensorFlow checkpoint), a
+    transformers GPT-2 folder, or an llm.c ``.bin`` file (see ``sources``).
+    A released size (124M, 355M, 774M, 1558M) that is not there is
+    downloaded first, unless ``download=False``; ``models_dir`` None is the
+    default folder (see ``locations``). ``encoder_dir`` is a folder with the
+    vocabulary, for a model that has none (an llm.c file).
 
     ``backend`` is "numpy" or "cupy" (an NVIDIA GPU); None means
     ``$PICOGPT2_BACKEND``, else NumPy. ``dtype="float64"`` runs the whole
@@ -348,55 +299,18 @@ def load_model(
     """
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    model_dir = locations.models_dir(models_dir) / model_size
     chosen = get_backend(backend)
     if keep_freed_memory:
         tune_malloc()
-    prepare_folder(model_size, model_dir, download=download, show_progress=show_progress)
-    hparams = read_hparams(model_dir)
-    encoder = load_encoder(model_dir)
+    source = open_source(model_size, models_dir, download=download,
+                         show_progress=show_progress, encoder_dir=encoder_dir)  # fmt: skip
+    hparams = source.hparams
+    encoder = load_encoder(source.vocabulary)
     if encoder.n_vocab > hparams.n_vocab:
         raise WeightsError(
-            f"{model_dir}: encoder.json has {encoder.n_vocab} tokens, more than "
-            f"n_vocab {hparams.n_vocab} in {HPARAMS_FILE}"
+            f"{source.vocabulary}: the vocabulary has {encoder.n_vocab} tokens, more than "
+            f"the model's n_vocab {hparams.n_vocab}"
         )
-    tensors = load_weights(model_dir, show_progress=show_progress)
-    check_tensors(tensors, hparams, model_dir)
-    params = map_params(params_from_tensors(tensors, hparams), lambda a: chosen.upload(a, dtype))
-    return GPT2(hparams, encoder, params, chosen, dtype, model_dir)
-
-
-def prepare_folder(
-    model_size: str, model_dir: Path, *, download: bool, show_progress: bool
-) -> None:
-    """Make ``model_dir`` loadable: download a released size that is not
-    there, finish what the downloader started (a download or a conversion
-    that was interrupted, removing the shard as it would have), and report
-    a damaged conversion with the way to mend it."""
-    try:
-        if is_converted(model_dir):
-            return
-    except DamagedWeightsError as e:
-        raise WeightsError(f"{e}; {how_to_mend(model_size, model_dir)}") from None
-    marker = read_marker(model_dir) if model_size in SIZES else None
-    if marker is None and has_complete_checkpoint(model_dir):
-        return  # the user's own checkpoint: load_weights converts it and keeps it
-    if model_size not in SIZES:
-        raise WeightsError(
-            f"{model_dir}: no model there (a folder needs hparams.json, encoder.json, "
-            f"vocab.bpe and weights); released sizes to download: {', '.join(SIZES)}"
-        )
-    keep_original = bool(marker and marker.get("keep_original"))
-    if not download and not has_complete_checkpoint(model_dir):
-        raise WeightsError(f"{model_dir}: GPT-2 {model_size} is not downloaded (download=False)")
-    download_model(
-        model_size, model_dir.parent, keep_original=keep_original, show_progress=show_progress
-    )
-
-
-def how_to_mend(model_size: str, model_dir: Path) -> str:
-    if has_complete_checkpoint(model_dir):
-        return "delete it, and picogpt2 converts the checkpoint beside it again"
-    if model_size in SIZES:
-        return f"delete it, and picogpt2 downloads GPT-2 {model_size} again"
-    return "restore it from where it came from"
+    params = params_from_tensors(source.tensors, hparams)
+    params = map_params(params, lambda a: chosen.upload(a, dtype))
+    return GPT2(hparams, encoder, params, chosen, dtype, source.path)

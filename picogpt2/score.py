@@ -28,6 +28,7 @@ from picogpt2.cli import (  # noqa: E402
     Parser,
     add_model_arguments,
     check_model_argument,
+    model_options,
     prog_name,
     run_cli,
 )
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         text = read_text(args.file)
         if args.stride is not None and args.stride < 1:
             raise InputError(f"--stride must be >= 1, got {args.stride}")
-        model = load_model(args.model_size, args.models_dir, backend=args.backend, dtype=args.dtype)
+        model = load_model(**model_options(args), dtype=args.dtype)
         print_result(score(model, text, args.stride), args.json)
         return 0
 

@@ -43,7 +43,8 @@ from picogpt2.status import Progress, status
 WEIGHTS_FILE = "model.safetensors"
 ALIGN = 64  # header padded so every tensor starts 64-byte aligned
 DTYPE_NAMES = {"<f4": "F32", "<f8": "F64", "<f2": "F16", "<i4": "I32", "<i8": "I64"}
-NAME_DTYPES = {v: np.dtype(k) for k, v in DTYPE_NAMES.items()}
+# bfloat16 has no NumPy dtype: its 16 bits are read as uint16 and widened.
+NAME_DTYPES = {**{v: np.dtype(k) for k, v in DTYPE_NAMES.items()}, "BF16": np.dtype("<u2")}
 CRC_KEY = "crc32c"  # metadata: JSON object, tensor name -> CRC-32C of its bytes, hex
 
 
@@ -149,7 +150,8 @@ def _is_size(value: object) -> bool:
 
 def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """(name -> read-only memory-mapped array, metadata), the header checked
-    strictly (``DamagedWeightsError`` names the tensor at fault)."""
+    strictly (``DamagedWeightsError`` names the tensor at fault). bfloat16
+    tensors come back as float32 copies (exact)."""
     header, metadata, data_start = read_header(path)
     size = path.stat().st_size
     data = (
@@ -160,9 +162,14 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]
     tensors = {}
     for name, info in header.items():
         begin, stop = info["data_offsets"]
-        dtype = NAME_DTYPES[info["dtype"]]
-        tensors[name] = data[begin:stop].view(dtype).reshape(info["shape"])
+        array = data[begin:stop].view(NAME_DTYPES[info["dtype"]]).reshape(info["shape"])
+        tensors[name] = bfloat16_to_float32(array) if info["dtype"] == "BF16" else array
     return tensors, metadata
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 is the top half of a float32: widen the 16 bits exactly."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def verify_weights(model_dir: str | Path, progress: Callable[[int], None] | None = None) -> int:
@@ -291,6 +298,53 @@ def _writing(model_dir: Path) -> Iterator[None]:
                 "models folder (--models-dir), or make it writable"
             ) from None
         yield
+
+
+def fingerprint(files: list[Path]) -> str:
+    """What identifies the source files of a conversion: their names, sizes,
+    modification times and first 64 KiB (headers included)."""
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}:".encode())
+        with open(path, "rb") as f:
+            digest.update(f.read(1 << 16))
+    return digest.hexdigest()
+
+
+def cached_conversion(
+    cache: Path,
+    sources: list[Path],
+    produce: Callable[[], dict[str, np.ndarray]],
+    *,
+    show_progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """The tensors ``produce`` makes from ``sources`` (a transformers or llm.c
+    file that is not in our layout), memory-mapped from ``cache``: written
+    once, atomically, and again when the sources change. The sources are
+    never modified. In a folder that cannot be written, the tensors are
+    converted in memory on every load instead."""
+    stamp = fingerprint(sources)
+    try:
+        tensors, metadata = read_safetensors(cache)
+        if metadata.get("source_fingerprint") == stamp:
+            return tensors
+    except (WeightsError, FileNotFoundError):
+        pass  # absent, stale or damaged: ours to write again
+    if show_progress:
+        status(f"converting {sources[0]} into {cache} (once; redone if it changes) ...")
+    tensors = produce()
+    metadata = {"format": "picogpt2", "source": sources[0].name, "source_fingerprint": stamp}
+    try:
+        with folder_lock(cache.parent, f"waiting for another process writing {cache} ..."):
+            write_safetensors(cache, tensors, metadata)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        if show_progress:
+            status(f"{cache.parent} is read-only: the conversion is kept in memory only")
+        return tensors
+    return read_safetensors(cache)[0]
 
 
 def load_weights(model_dir: str | Path, *, show_progress: bool = True) -> dict[str, np.ndarray]:

@@ -5,6 +5,8 @@ weights map one to one). Runs when torch and transformers are installed:
     python -m pip install -e ".[oracle]" && python -m pytest -q -m oracle
 """
 
+import json
+
 import numpy as np
 import pytest
 from tiny import make_tiny_model
@@ -146,3 +148,58 @@ def test_float64_reference_agrees_to_1e10(folder):
     assert rel(trace["ln_f"], hidden[-1]) < 1e-10
     attn = np.stack([a[0].numpy() for a in ref.attentions])
     assert np.max(np.abs(trace["attn"] - attn)) < 1e-10
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["float32", "float16", "bfloat16", "sharded", "untied-equal"],
+)
+def test_transformers_save_pretrained_loads_and_matches(tmp_path, case):
+    """A folder transformers itself wrote, read by picogpt2, gives
+    transformers' logits (from the same saved weights, run in float32)."""
+    import shutil
+
+    from tiny import vocab_files
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=264, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+        tie_word_embeddings=case != "untied-equal", bos_token_id=263, eos_token_id=263,
+    )  # fmt: skip
+    model = transformers.GPT2LMHeadModel(config).eval()
+    if case == "untied-equal":
+        model.lm_head.weight = torch.nn.Parameter(model.transformer.wte.weight.detach().clone())
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(case, torch.float32)
+    folder = tmp_path / "saved"
+    options = {"max_shard_size": "60KB"} if case == "sharded" else {}
+    model.to(dtype).save_pretrained(folder, **options)
+    if case == "sharded":
+        assert (folder / "model.safetensors.index.json").is_file()
+    encoder, bpe = vocab_files()
+    (folder / "vocab.json").write_text(json.dumps(encoder))
+    (folder / "merges.txt").write_text(bpe)
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = list(range(3, 40, 3))
+    with torch.no_grad():
+        expected = theirs(torch.tensor([ids])).logits[0].numpy()
+    ours = load_model("saved", tmp_path, show_progress=False).logits(ids)
+    assert np.max(np.abs(ours - expected)) <= 2e-5 * np.max(np.abs(expected))
+    shutil.rmtree(folder)
+
+
+def test_export_loads_in_transformers_without_warnings(folder, tmp_path):
+    from mirror import run
+
+    r = run(
+        "export", "124M-random", "--models-dir", str(folder), "--to", "hf", str(tmp_path / "hf")
+    )
+    assert r.returncode == 0, r.stderr
+    model, info = transformers.GPT2LMHeadModel.from_pretrained(
+        tmp_path / "hf", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    ours = load_model("124M-random", folder)
+    ids = input_ids(ours.hparams.n_vocab)[:16]
+    with torch.no_grad():
+        theirs = model(torch.tensor([ids])).logits[0].numpy()
+    assert np.max(np.abs(ours.logits(ids) - theirs)) <= 2e-5 * np.max(np.abs(theirs))

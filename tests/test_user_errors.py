@@ -129,7 +129,7 @@ def test_verify_names_the_tensor_with_the_nan(nan_model):
         ({"n_ctx": 128}, ["model/wpe is [64, 16], where they need [128, 16]"]),
         ({"n_layer": 1}, ["model/h1/", "is left over"]),
         ({"n_layer": 3}, ["model/h2/", "is missing"]),
-        ({"n_vocab": 100}, ["encoder.json has 264 tokens, more than n_vocab 100"]),
+        ({"n_vocab": 100}, ["model/wte is [264, 16], where they need [100, 16]"]),
     ],
 )
 def test_hparams_that_disagree_with_the_weights(models, tmp_path, change, words):
@@ -140,6 +140,12 @@ def test_hparams_that_disagree_with_the_weights(models, tmp_path, change, words)
             "--models-dir", str(tmp_path))  # fmt: skip
     one_line_error(r, 1, *words)
     assert r.stdout == b""  # found at load, before any output
+
+
+def test_a_vocabulary_larger_than_the_model(tmp_path):
+    make_tiny_model(tmp_path / "small", n_vocab=200)  # wte has 200 rows; encoder.json 264
+    r = run("generate", "hi", "--model-size", "small", "--models-dir", str(tmp_path))
+    one_line_error(r, 1, "the vocabulary has 264 tokens, more than the model's n_vocab 200")
 
 
 @pytest.mark.parametrize("name", ["encoder.json", "vocab.bpe"])

@@ -1,0 +1,270 @@
+"""A small, deterministic GPT-2 in every format, with its reference outputs:
+what a C or Rust implementer starts from, without a 500 MB download.
+
+    python -m picogpt2.fixture fixture/ [--seed 0] [--layers 2 --heads 4 --width 64 --context 64]
+
+The weights come from SplitMix64 (``sampling.SplitMix64``) by a formula any
+language can repeat; the vocabulary is GPT-2's real one (50,257 tokens).
+The folder's README.md says what every file is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a file: python picogpt2/fixture.py
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from picogpt2 import hf, llmc  # noqa: E402
+from picogpt2.activations import RTOL32  # noqa: E402
+from picogpt2.atomic import atomic_folder  # noqa: E402
+from picogpt2.backend import NUMPY  # noqa: E402
+from picogpt2.checkpoint import write_tf_checkpoint  # noqa: E402
+from picogpt2.cli import Parser, add_models_dir_argument, folder_argument, prog_name, run_cli  # noqa: E402
+from picogpt2.download import download_model  # noqa: E402
+from picogpt2.dump import generation_record  # noqa: E402
+from picogpt2.encoder import Encoder, has_vocabulary, load_encoder, vocabulary_files  # noqa: E402
+from picogpt2.errors import InputError  # noqa: E402
+from picogpt2.hparams import HPARAMS_FILE, HParams, parse_hparams  # noqa: E402
+from picogpt2.locations import models_dir  # noqa: E402
+from picogpt2.model import GPT2, map_params, params_from_tensors  # noqa: E402
+from picogpt2.sampling import MASK64  # noqa: E402
+from picogpt2.sources import tensor_shapes  # noqa: E402
+from picogpt2.status import status  # noqa: E402
+from picogpt2.weights import write_safetensors  # noqa: E402
+
+GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment
+PROMPT = "The quick brown fox jumps over the lazy dog."
+N_GENERATE = 16
+SAMPLE_SEEDS = (1, 2, 3)
+SAMPLING = {"temperature": 1.0, "top_k": 40}
+TEXTS = [
+    "Hello, world!",
+    "Grüße aus Köln: 日本語のテキスト, 한국어, русский текст, עברית, العربية.",
+    "emoji 🤗 🇫🇷 👨‍👩‍👧 and combining e\u0301",
+    "def f(x):\n    return x ** 2  # square\n\n\tindented\r\n",
+    "  spaces   and\u00a0no-break\u3000ideographic ",
+    "don't DON'T we'Re <|endoftext|> as ordinary text",
+    "1234567890 ١٢٣ ½ ⅷ",
+]
+
+
+def splitmix_uniform(seed: int, start: int, count: int) -> np.ndarray:
+    """Draws ``start`` to ``start + count - 1`` of SplitMix64 seeded with
+    ``seed``, as floats in [0, 1) (``SplitMix64.uniform``): draw k is a pure
+    function of the state ``seed + (k + 1) * GAMMA`` mod 2**64."""
+    k = np.arange(start + 1, start + count + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps mod 2**64, as intended
+        z = np.uint64(seed & MASK64) + k * np.uint64(GAMMA)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def fixture_tensors(hparams: HParams, seed: int) -> dict[str, np.ndarray]:
+    """Every tensor, in the order of ``sources.tensor_shapes``, each element
+    in row-major order taking the next draw u: ``float32(1 + 0.1 * (2u - 1))``
+    for a layer norm's gain (``.../g``), ``float32(0.1 * (2u - 1))`` for
+    everything else, computed in float64 and rounded once to float32."""
+    tensors, start = {}, 0
+    for name, shape in tensor_shapes(hparams).items():
+        count = int(np.prod(shape))
+        values = 0.1 * (2.0 * splitmix_uniform(seed, start, count) - 1.0)
+        if name.endswith("/g"):
+            values = 1.0 + values
+        tensors[name] = values.astype(np.float32).reshape(shape)
+        start += count
+    return tensors
+
+
+def fixture_model(hparams: HParams, tensors: dict, encoder: Encoder, folder: Path) -> GPT2:
+    """The fixture in float64, built in memory (no file written beside it)."""
+    params = map_params(params_from_tensors(tensors, hparams), lambda a: NUMPY.upload(a, "f8"))
+    return GPT2(hparams, encoder, params, NUMPY, "float64", folder)
+
+
+def teacher_logprobs(model: GPT2, prompt: list[int], new: list[int]) -> list[float]:
+    """log-softmax of each chosen id, from one pass over prompt and ids."""
+    logits = model.logits(prompt + new[:-1])[len(prompt) - 1 :]
+    top = logits.max(axis=-1, keepdims=True)
+    logprobs = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+    return [float(logprobs[i, t]) for i, t in enumerate(new)]
+
+
+def write_formats(out: Path, hparams: HParams, tensors: dict, vocab: tuple[Path, Path], eot: int):
+    (out / "openai").mkdir()
+    (out / "openai" / HPARAMS_FILE).write_text(json.dumps(hparams.as_dict()) + "\n")
+    shutil.copyfile(vocab[0], out / "openai" / "encoder.json")
+    shutil.copyfile(vocab[1], out / "openai" / "vocab.bpe")
+    write_tf_checkpoint(out / "openai" / "model.ckpt", tensors)
+    (out / "hf").mkdir()
+    hf.write_folder(out / "hf", hparams, tensors, vocab, eot)
+    (out / "llmc").mkdir()
+    llmc.write_file(out / "llmc" / "model.bin", hparams, tensors)
+    shutil.copyfile(vocab[0], out / "llmc" / "encoder.json")
+    shutil.copyfile(vocab[1], out / "llmc" / "vocab.bpe")
+
+
+def write_references(out: Path, model: GPT2, seed: int) -> dict:
+    encoder = model.encoder
+    prompt = encoder.encode(PROMPT)
+    arrays = model.trace(prompt, detail=True) | generation_record(model, prompt, N_GENERATE, {})
+    metadata = {"format": "picogpt2-dump", "dtype": "float64", "prompt": PROMPT}
+    write_safetensors(out / "reference.safetensors", arrays, metadata)
+    samples = []
+    for s in SAMPLE_SEEDS:
+        new = model.generate(prompt, N_GENERATE, seed=s, ignore_eot=True, **SAMPLING)
+        samples.append({"seed": s, **SAMPLING, "ids": new,
+                        "logprobs": teacher_logprobs(model, prompt, new)})  # fmt: skip
+    samples_json = {"prompt": PROMPT, "prompt_ids": prompt, "samples": samples}
+    (out / "samples.json").write_text(json.dumps(samples_json, indent=1) + "\n")
+    tokens = [{"text": t, "ids": encoder.encode(t)} for t in TEXTS]
+    (out / "tokens.json").write_text(json.dumps(tokens, indent=1, ensure_ascii=False) + "\n")
+    return {"prompt_ids": prompt, "greedy": arrays["gen_ids"].tolist(), "seed": seed}
+
+
+def readme(hparams: HParams, seed: int, summary: dict) -> str:
+    h = hparams
+    return f"""# picogpt2 conformance fixture
+
+A small GPT-2 with deterministic weights, in three formats, with its
+reference outputs. Made by `python -m picogpt2.fixture OUT --seed {seed} --layers
+{h.n_layer} --heads {h.n_head} --width {h.n_embd} --context {h.n_ctx}`; the same
+command writes the same bytes again.
+
+Sizes: n_vocab {h.n_vocab} (GPT-2's real vocabulary), n_ctx {h.n_ctx}, n_embd
+{h.n_embd}, n_head {h.n_head}, n_layer {h.n_layer}.
+
+## The model, three times (the same float32 weights)
+
+- `openai/`: OpenAI's layout: `hparams.json`, `encoder.json`, `vocab.bpe`,
+  `checkpoint`, `model.ckpt.index`, `model.ckpt.data-00000-of-00001`
+  (a TensorFlow checkpoint; names `model/wte`, `model/h0/attn/c_attn/w`
+  [1, in, out], ...).
+- `hf/`: a transformers folder (`GPT2LMHeadModel.from_pretrained("hf")`):
+  `config.json`, `model.safetensors` (Conv1D weights [in, out], the head
+  tied to `wte`), `vocab.json`, `merges.txt`.
+- `llmc/model.bin`: llm.c's file (magic 20240326, version 3, float32, the
+  vocabulary padded to a multiple of 128 with zero rows, linear weights
+  [out, in]); `llmc/encoder.json` and `llmc/vocab.bpe` beside it.
+
+## How the weights are made (repeat it in any language)
+
+SplitMix64 seeded with {seed}: state += 0x9E3779B97F4A7C15 (mod 2^64); z =
+state; z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9; z = (z ^ (z >> 27)) *
+0x94D049BB133111EB; next = z ^ (z >> 31); u = (next >> 11) * 2^-53. The
+tensors take draws in this order: `model/wte`, `model/wpe`, `model/ln_f/g`,
+`model/ln_f/b`, then for each layer i: `h{{i}}/ln_1/g`, `ln_1/b`,
+`ln_2/g`, `ln_2/b`, `attn/c_attn/w`, `attn/c_attn/b`, `attn/c_proj/w`,
+`attn/c_proj/b`, `mlp/c_fc/w`, `mlp/c_fc/b`, `mlp/c_proj/w`, `mlp/c_proj/b`
+(OpenAI's shapes, elements in row-major order). A gain (`.../g`) is
+float32(1 + 0.1 * (2u - 1)); everything else is float32(0.1 * (2u - 1)),
+computed in double precision and rounded once.
+
+## Reference outputs (float64)
+
+- `reference.safetensors`: every activation of one forward pass over the
+  prompt {PROMPT!r} (ids {summary["prompt_ids"]}), as `python -m
+  picogpt2.dump --detail` writes them (`ids`, `hidden`, `ln_1`, `q`, `k`,
+  `v`, `attn`, `attn_out`, `resid_attn`, `ln_2`, `mlp_hidden`, `mlp_out`,
+  `ln_f`, `logits`: picogpt2's README documents each), and {N_GENERATE} greedy
+  tokens after it with their log-probabilities (`gen_ids`, `gen_logprob`,
+  `gen_top_ids`, `gen_top_logprobs`, `gen_top_logits`, `gen_gap`). Greedy
+  ids: {summary["greedy"]}.
+- `samples.json`: {N_GENERATE} sampled tokens for seeds {list(SAMPLE_SEEDS)} (top-k 40,
+  temperature 1, picogpt2's portable sampler), each id with its
+  log-probability.
+- `tokens.json`: texts in several scripts, and their ids.
+
+## What to hold your implementation to
+
+Compare with `python -m picogpt2.compare reference.safetensors yours.safetensors`
+(or a folder of `KEY.npy`). A float32 implementation should agree with
+these float64 references to {RTOL32:g} of each tensor's largest magnitude, per
+layer; a float64 one to 1e-10. Greedy ids should be equal; where one differs,
+`compare` tells a near-tie from a bug (`gen_gap`). Samples need the same
+sampler and float64 logits to match bit for bit; in float32 a sample may
+leave the reference at a near-tie. Token ids must be equal, always.
+"""
+
+
+def make_fixture(out: Path, hparams: HParams, seed: int, vocabulary: Path) -> None:
+    if out.exists():
+        raise InputError(f"{out} exists: name a new folder")
+    encoder = load_encoder(vocabulary)
+    if encoder.n_vocab != hparams.n_vocab:
+        raise InputError(f"{vocabulary}: {encoder.n_vocab} tokens, not GPT-2's {hparams.n_vocab}")
+    tensors = fixture_tensors(hparams, seed)
+    with atomic_folder(out) as folder:
+        write_formats(folder, hparams, tensors, vocabulary_files(vocabulary), encoder.eot_token)
+        model = fixture_model(hparams, tensors, encoder, folder)
+        summary = write_references(folder, model, seed)
+        (folder / "README.md").write_text(readme(hparams, seed, summary))
+
+
+def vocabulary_folder(args: argparse.Namespace) -> Path:
+    """--encoder-dir, or GPT-2 124M's vocabulary (its small files fetched)."""
+    if args.encoder_dir is not None:
+        return args.encoder_dir
+    folder = models_dir(args.models_dir) / "124M"
+    if not has_vocabulary(folder):
+        download_model("124M", folder.parent, small_files_only=True)
+    return folder
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog=prog_name("fixture"),
+        description="Write a small deterministic GPT-2 in OpenAI's, transformers' and llm.c's "
+        "formats, with reference activations, generations and token ids.",
+    )
+    parser.add_argument("out", metavar="OUT", type=Path, help="a new folder")
+    parser.add_argument("--seed", type=int, default=0, help="SplitMix64 seed (default: 0)")
+    parser.add_argument("--layers", type=int, default=2, help="n_layer (default: 2)")
+    parser.add_argument("--heads", type=int, default=4, help="n_head (default: 4)")
+    parser.add_argument("--width", type=int, default=64, help="n_embd (default: 64)")
+    parser.add_argument("--context", type=int, default=64, help="n_ctx (default: 64)")
+    parser.add_argument(
+        "--encoder-dir",
+        type=folder_argument,
+        default=None,
+        help="GPT-2's vocabulary (encoder.json and vocab.bpe; default: 124M's, fetched if "
+        "needed, 1.5 MB)",
+    )
+    add_models_dir_argument(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        values = {"n_vocab": 50257, "n_ctx": args.context, "n_embd": args.width,
+                  "n_head": args.heads, "n_layer": args.layers}  # fmt: skip
+        try:
+            hparams = parse_hparams(values, "the fixture's sizes")
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        if hparams.n_ctx < 16 + N_GENERATE:
+            raise InputError(f"--context must be >= {16 + N_GENERATE}, got {hparams.n_ctx}")
+        if args.out.exists():
+            raise InputError(f"{args.out} exists: name a new folder")
+        make_fixture(args.out, hparams, args.seed, vocabulary_folder(args))
+        status(
+            f"wrote {args.out}: a GPT-2 of {hparams.as_dict()} in three formats, with references"
+        )
+        return 0
+
+    return run_cli(body, parser.prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
