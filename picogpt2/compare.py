@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a file: python picogpt2/compare.py
 from picogpt2.activations import KEYS, RTOL64, forward_order  # noqa: E402
 from picogpt2.cli import Parser, prog_name, run_cli  # noqa: E402
 from picogpt2.errors import InputError  # noqa: E402
+from picogpt2.gpt2 import log_softmax  # noqa: E402
 from picogpt2.weights import WeightsError, read_safetensors  # noqa: E402
 
 Dump = dict[str, np.ndarray]
@@ -75,15 +76,10 @@ class Check:
         return self.key if self.layer is None else f"{self.key}[{self.layer}]"
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    top = z.max(axis=-1, keepdims=True)
-    return z - top - np.log(np.exp(z - top).sum(axis=-1, keepdims=True))
-
-
 def check(key: str, layer: int | None, ref: np.ndarray, cand: np.ndarray, tol) -> Check:
     rtol, atol = tol
-    ref64, diff = ref.astype(np.float64), np.abs(cand.astype(np.float64) - ref.astype(np.float64))
+    ref64 = ref.astype(np.float64)
+    diff = np.abs(cand.astype(np.float64) - ref64)
     scale = float(np.max(np.abs(ref64))) if ref.size else 0.0
     max_abs = float(diff.max()) if diff.size else 0.0
     worst = (

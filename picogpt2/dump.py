@@ -39,6 +39,7 @@ from picogpt2.cli import (  # noqa: E402
 )
 from picogpt2.errors import InputError  # noqa: E402
 from picogpt2.generation import Settings  # noqa: E402
+from picogpt2.gpt2 import log_softmax  # noqa: E402
 from picogpt2.model import DTYPES, GPT2, load_model  # noqa: E402
 from picogpt2.status import status  # noqa: E402
 from picogpt2.textio import argument_text  # noqa: E402
@@ -103,8 +104,7 @@ def generation_record(model: GPT2, ids: list[int], n_tokens: int, sampling: dict
         )
     new = model.generate(ids, n_tokens, ignore_eot=True, **sampling)
     logits = model.logits(ids + new[:-1])[len(ids) - 1 :].astype(np.float64)  # [N, n_vocab]
-    top = logits.max(axis=-1, keepdims=True)
-    logprobs = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+    logprobs = log_softmax(logits)
     best = np.argsort(-logits, axis=-1, kind="stable")[:, :TOP]
     chosen = np.asarray(new, dtype=np.int64)
     two = np.take_along_axis(logits, best[:, :2], axis=-1)

@@ -90,14 +90,6 @@ def fixture_model(hparams: HParams, tensors: dict, encoder: Encoder, folder: Pat
     return GPT2(hparams, encoder, params, NUMPY, "float64", folder)
 
 
-def teacher_logprobs(model: GPT2, prompt: list[int], new: list[int]) -> list[float]:
-    """log-softmax of each chosen id, from one pass over prompt and ids."""
-    logits = model.logits(prompt + new[:-1])[len(prompt) - 1 :]
-    top = logits.max(axis=-1, keepdims=True)
-    logprobs = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
-    return [float(logprobs[i, t]) for i, t in enumerate(new)]
-
-
 def write_formats(out: Path, hparams: HParams, tensors: dict, vocab: tuple[Path, Path], eot: int):
     (out / "openai").mkdir()
     (out / "openai" / HPARAMS_FILE).write_text(json.dumps(hparams.as_dict()) + "\n")
@@ -120,9 +112,9 @@ def write_references(out: Path, model: GPT2, seed: int) -> dict:
     write_safetensors(out / "reference.safetensors", arrays, metadata)
     samples = []
     for s in SAMPLE_SEEDS:
-        new = model.generate(prompt, N_GENERATE, seed=s, ignore_eot=True, **SAMPLING)
-        samples.append({"seed": s, **SAMPLING, "ids": new,
-                        "logprobs": teacher_logprobs(model, prompt, new)})  # fmt: skip
+        record = generation_record(model, prompt, N_GENERATE, {**SAMPLING, "seed": s})
+        samples.append({"seed": s, **SAMPLING, "ids": record["gen_ids"].tolist(),
+                        "logprobs": record["gen_logprob"].tolist()})  # fmt: skip
     samples_json = {"prompt": PROMPT, "prompt_ids": prompt, "samples": samples}
     (out / "samples.json").write_text(json.dumps(samples_json, indent=1) + "\n")
     tokens = [{"text": t, "ids": encoder.encode(t)} for t in TEXTS]

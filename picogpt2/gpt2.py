@@ -127,6 +127,14 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log(softmax) over the last axis, in float64: the log-probabilities that
+    scores and dumps report (not part of the forward pass)."""
+    z = logits.astype(np.float64)
+    top = np.max(z, axis=-1, keepdims=True)
+    return z - top - np.log(np.sum(np.exp(z - top), axis=-1, keepdims=True))
+
+
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """[..., n_embd] -> [..., n_embd], normalised over the last axis with
     the biased variance, then scaled by ``g`` and shifted by ``b``."""

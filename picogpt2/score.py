@@ -33,6 +33,7 @@ from picogpt2.cli import (  # noqa: E402
     run_cli,
 )
 from picogpt2.errors import InputError  # noqa: E402
+from picogpt2.gpt2 import log_softmax  # noqa: E402
 from picogpt2.model import DTYPES, GPT2, load_model  # noqa: E402
 from picogpt2.status import Progress  # noqa: E402
 from picogpt2.textio import decode_utf8  # noqa: E402
@@ -40,10 +41,7 @@ from picogpt2.textio import decode_utf8  # noqa: E402
 
 def token_nlls(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """-log softmax(logits)[target] per row, in float64: [n, n_vocab], [n] -> [n]"""
-    z = logits.astype(np.float64)
-    top = z.max(axis=-1)
-    log_norm = top + np.log(np.exp(z - top[:, None]).sum(axis=-1))
-    return log_norm - z[np.arange(len(targets)), targets]
+    return -log_softmax(logits)[np.arange(len(targets)), targets]
 
 
 def sliding_window_nll(
