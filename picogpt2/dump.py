@@ -42,21 +42,11 @@ from picogpt2.generation import Settings  # noqa: E402
 from picogpt2.gpt2 import log_softmax  # noqa: E402
 from picogpt2.model import DTYPES, GPT2, load_model  # noqa: E402
 from picogpt2.status import status  # noqa: E402
-from picogpt2.textio import argument_text  # noqa: E402
+from picogpt2.textio import argument_text, parse_ids  # noqa: E402
 from picogpt2.weights import write_safetensors  # noqa: E402
 
 FORMATS = ("npz", "safetensors", "npy-dir")
 TOP = 5  # the most likely ids recorded per generated token
-
-
-def parse_ids(text: str) -> list[int]:
-    try:
-        ids = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise InputError(f"--ids must be comma-separated integers, got {text!r}") from None
-    if not ids:
-        raise InputError("--ids is empty")
-    return ids
 
 
 def output_format(out: Path, given: str | None) -> str:
@@ -163,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 def dump(args: argparse.Namespace) -> int:
     check_model_argument(args)
     fmt = output_format(args.out, args.format)
-    ids = parse_ids(args.ids) if args.ids is not None else None
+    ids = parse_ids(args.ids, "--ids") if args.ids is not None else None
+    if ids == []:
+        raise InputError("--ids is empty")
     if args.text is not None and not args.text:
         raise InputError("--text is empty")
     if args.generate < 0:

@@ -9,6 +9,7 @@ midway through a generation.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import TextIO
@@ -35,6 +36,25 @@ def argument_text(arg: str, what: str) -> str:
         return arg
     except UnicodeEncodeError:
         return decode_utf8(os.fsencode(arg), what)
+
+
+def parse_ids(text: str, what: str) -> list[int]:
+    """Token ids written as a JSON array, or as integers separated by commas
+    or spaces (``15496, 616`` or ``15496 616``)."""
+    try:
+        if text.lstrip().startswith("["):
+            values = json.loads(text)
+            if not isinstance(values, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in values
+            ):
+                raise ValueError
+            return values
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise InputError(
+            f"{what}: expected token ids (comma-separated integers, or a JSON array), "
+            f"got {text[:60]!r}"
+        ) from None
 
 
 def strip_one_newline(text: str) -> str:

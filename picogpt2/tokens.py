@@ -37,7 +37,13 @@ from picogpt2.encoder import ENDOFTEXT, Encoder, bytes_to_unicode, load_encoder 
 from picogpt2.errors import InputError  # noqa: E402
 from picogpt2.hparams import SIZES  # noqa: E402
 from picogpt2.locations import models_dir  # noqa: E402
-from picogpt2.textio import argument_text, decode_utf8, read_stdin, text_stdout  # noqa: E402
+from picogpt2.textio import (  # noqa: E402
+    argument_text,
+    decode_utf8,
+    parse_ids,
+    read_stdin,
+    text_stdout,
+)
 
 SPELLING = bytes_to_unicode()  # byte -> its printable stand-in in the vocabulary files
 
@@ -68,20 +74,6 @@ def show_work(encoder: Encoder, text: str, out: TextIO) -> list[int]:
         out.write(f"  ids         {list(piece_ids)}\n")
         ids += piece_ids
     out.write(f"ids {json.dumps(ids)}\n")
-    return ids
-
-
-def parse_ids(text: str) -> list[int]:
-    """Ids as a JSON array or separated by commas or spaces."""
-    try:
-        values = (
-            json.loads(text) if text.lstrip().startswith("[") else text.replace(",", " ").split()
-        )
-        ids = [int(v) for v in values]
-    except (ValueError, TypeError):
-        raise InputError(
-            f"expected token ids (a JSON array, or numbers), got {text[:60]!r}"
-        ) from None
     return ids
 
 
@@ -163,7 +155,7 @@ def tokens(args: argparse.Namespace) -> int:
     lines = text.splitlines() if args.jsonl else [text]
     for line in lines:
         if args.decode:
-            decode(encoder, parse_ids(line), args, out)
+            decode(encoder, parse_ids(line, "--decode"), args, out)
         elif args.show_work:
             show_work(encoder, line, out)
         else:

@@ -307,6 +307,7 @@ def test_tokens_of_a_tiny_model_folder(models):
     [
         (["--bytes", "x"], 2, "--bytes goes with --decode"),
         (["--decode", "1,x"], 2, "expected token ids"),
+        (["--decode", "[1.5]"], 2, "expected token ids"),
         (["--decode", "999999"], 1, "token id 999999 is not in the vocabulary"),
         (["--model-size", "nope", "x"], 2, "no encoder.json there"),
     ],

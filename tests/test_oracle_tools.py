@@ -163,3 +163,12 @@ def test_score_bad_files(models, tmp_path, content, message):
 
 def test_score_missing_file(models, tmp_path):
     one_line_error(run("score", str(tmp_path / "nope.txt"), *args(models)), 2, "cannot read")
+
+
+@pytest.mark.parametrize("written", ["5 6 7", "5, 6, 7", "[5, 6, 7]"])
+def test_dump_ids_by_commas_spaces_or_json(models, tmp_path, written):
+    # Spaces were once removed before splitting: "5 6 7" became the id 567.
+    out = tmp_path / "ids.npz"
+    assert run("dump", "--ids", written, "--out", str(out), *args(models)).returncode == 0
+    with np.load(out) as f:
+        assert f["ids"].tolist() == [5, 6, 7]
