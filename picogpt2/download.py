@@ -33,8 +33,9 @@ from picogpt2 import locations
 from picogpt2.atomic import LOCK_FILE, atomic_write, folder_lock
 from picogpt2.checkpoint import CheckpointError, find_checkpoint_prefix, read_tf_index
 from picogpt2.cli import Parser, add_models_dir_argument, prog_name, run_cli
+from picogpt2.encoder import has_vocabulary
 from picogpt2.errors import InputError, PicoGPT2Error
-from picogpt2.hparams import HPARAMS_FILE, SIZES, HParams
+from picogpt2.hparams import HPARAMS_FILE, SIZES
 from picogpt2.status import Progress, status
 from picogpt2.weights import WEIGHTS_FILE, convert, is_converted, verify_weights
 
@@ -52,10 +53,6 @@ RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.Chu
 
 class DownloadError(PicoGPT2Error, RuntimeError):
     """A download failed for a reason worth one line to the user."""
-
-
-def expected_hparams(model_size: str) -> HParams:
-    return SIZES[model_size]
 
 
 def looks_like_error_page(first_bytes: bytes, content_type: str) -> bool:
@@ -258,6 +255,15 @@ def read_marker(model_dir: Path) -> dict | None:
     return marker if isinstance(marker, dict) else None
 
 
+def fetch_vocabulary(model_size: str, models_dir: str | Path | None = None) -> Path:
+    """The folder of ``model_size`` in the models folder, its vocabulary
+    fetched first (the small files only) for a released size without it."""
+    folder = locations.models_dir(models_dir) / model_size
+    if model_size in SIZES and not has_vocabulary(folder):
+        download_model(model_size, folder.parent, small_files_only=True)
+    return folder
+
+
 def fetch_small_files(model_dir: Path, model_size: str, get: Callable[[str], None]) -> None:
     for name in SMALL_FILES:
         if not (model_dir / name).exists():
@@ -276,7 +282,7 @@ def check_small_files(model_dir: Path, model_size: str) -> None:
         except (ValueError, UnicodeDecodeError):
             path.unlink()
             raise DownloadError(f"{path}: not valid JSON; removed, run again to refetch") from None
-        expected = expected_hparams(model_size).as_dict()
+        expected = SIZES[model_size].as_dict()
         if name == HPARAMS_FILE and value != expected:
             path.unlink()
             raise DownloadError(

@@ -19,6 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 if __package__ in (None, ""):  # run as a file: python picogpt2/export.py
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
@@ -34,7 +36,7 @@ from picogpt2.cli import (  # noqa: E402
 )
 from picogpt2.encoder import load_encoder, vocabulary_files  # noqa: E402
 from picogpt2.errors import InputError  # noqa: E402
-from picogpt2.hparams import HPARAMS_FILE  # noqa: E402
+from picogpt2.hparams import HPARAMS_FILE, HParams  # noqa: E402
 from picogpt2.locations import models_dir  # noqa: E402
 from picogpt2.sources import Source, open_source  # noqa: E402
 from picogpt2.status import status  # noqa: E402
@@ -46,12 +48,15 @@ FORMATS = {
 }
 
 
-def write_openai(out: Path, source: Source) -> None:
-    (out / HPARAMS_FILE).write_text(json.dumps(source.hparams.as_dict()) + "\n")
-    token_file, merge_file = vocabulary_files(source.vocabulary)
-    shutil.copyfile(token_file, out / "encoder.json")
-    shutil.copyfile(merge_file, out / "vocab.bpe")
-    write_tf_checkpoint(out / "model.ckpt", {k: v.astype("<f4") for k, v in source.tensors.items()})
+def write_openai(
+    out: Path, hparams: HParams, tensors: dict[str, np.ndarray], vocabulary: tuple[Path, Path]
+) -> None:
+    """OpenAI's layout in the folder ``out``: hparams.json, encoder.json and
+    vocab.bpe (copied from ``vocabulary``'s two files), a TF checkpoint."""
+    (out / HPARAMS_FILE).write_text(json.dumps(hparams.as_dict()) + "\n")
+    shutil.copyfile(vocabulary[0], out / "encoder.json")
+    shutil.copyfile(vocabulary[1], out / "vocab.bpe")
+    write_tf_checkpoint(out / "model.ckpt", {k: v.astype("<f4") for k, v in tensors.items()})
 
 
 def export(source: Source, fmt: str, out: Path) -> None:
@@ -63,13 +68,12 @@ def export(source: Source, fmt: str, out: Path) -> None:
         llmc.write_file(out, source.hparams, source.tensors)
         return
     eot = load_encoder(source.vocabulary).eot_token  # refuses a bad vocabulary before writing
-    if fmt == "hf":
-        vocabulary = vocabulary_files(source.vocabulary)
-        with atomic_folder(out) as folder:
+    vocabulary = vocabulary_files(source.vocabulary)
+    with atomic_folder(out) as folder:
+        if fmt == "hf":
             hf.write_folder(folder, source.hparams, source.tensors, vocabulary, eot)
-    else:
-        with atomic_folder(out) as folder:
-            write_openai(folder, source)
+        else:
+            write_openai(folder, source.hparams, source.tensors, vocabulary)
 
 
 def build_parser() -> argparse.ArgumentParser:

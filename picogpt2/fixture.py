@@ -25,13 +25,13 @@ from picogpt2 import hf, llmc  # noqa: E402
 from picogpt2.activations import RTOL32  # noqa: E402
 from picogpt2.atomic import atomic_folder  # noqa: E402
 from picogpt2.backend import NUMPY  # noqa: E402
-from picogpt2.checkpoint import write_tf_checkpoint  # noqa: E402
 from picogpt2.cli import Parser, add_models_dir_argument, folder_argument, prog_name, run_cli  # noqa: E402
-from picogpt2.download import download_model  # noqa: E402
+from picogpt2.download import fetch_vocabulary  # noqa: E402
 from picogpt2.dump import generation_record  # noqa: E402
-from picogpt2.encoder import Encoder, has_vocabulary, load_encoder, vocabulary_files  # noqa: E402
+from picogpt2.encoder import Encoder, load_encoder, vocabulary_files  # noqa: E402
 from picogpt2.errors import InputError  # noqa: E402
-from picogpt2.hparams import HPARAMS_FILE, HParams, parse_hparams  # noqa: E402
+from picogpt2.export import write_openai  # noqa: E402
+from picogpt2.hparams import HParams, parse_hparams  # noqa: E402
 from picogpt2.locations import models_dir  # noqa: E402
 from picogpt2.model import GPT2, map_params, params_from_tensors  # noqa: E402
 from picogpt2.sampling import MASK64  # noqa: E402
@@ -92,10 +92,7 @@ def fixture_model(hparams: HParams, tensors: dict, encoder: Encoder, folder: Pat
 
 def write_formats(out: Path, hparams: HParams, tensors: dict, vocab: tuple[Path, Path], eot: int):
     (out / "openai").mkdir()
-    (out / "openai" / HPARAMS_FILE).write_text(json.dumps(hparams.as_dict()) + "\n")
-    shutil.copyfile(vocab[0], out / "openai" / "encoder.json")
-    shutil.copyfile(vocab[1], out / "openai" / "vocab.bpe")
-    write_tf_checkpoint(out / "openai" / "model.ckpt", tensors)
+    write_openai(out / "openai", hparams, tensors, vocab)
     (out / "hf").mkdir()
     hf.write_folder(out / "hf", hparams, tensors, vocab, eot)
     (out / "llmc").mkdir()
@@ -201,16 +198,6 @@ def make_fixture(out: Path, hparams: HParams, seed: int, vocabulary: Path) -> No
         (folder / "README.md").write_text(readme(hparams, seed, summary))
 
 
-def vocabulary_folder(args: argparse.Namespace) -> Path:
-    """--encoder-dir, or GPT-2 124M's vocabulary (its small files fetched)."""
-    if args.encoder_dir is not None:
-        return args.encoder_dir
-    folder = models_dir(args.models_dir) / "124M"
-    if not has_vocabulary(folder):
-        download_model("124M", folder.parent, small_files_only=True)
-    return folder
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog=prog_name("fixture"),
@@ -249,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--context must be >= {16 + N_GENERATE}, got {hparams.n_ctx}")
         if args.out.exists():
             raise InputError(f"{args.out} exists: name a new folder")
-        make_fixture(args.out, hparams, args.seed, vocabulary_folder(args))
+        vocabulary = args.encoder_dir or fetch_vocabulary("124M", models_dir(args.models_dir))
+        make_fixture(args.out, hparams, args.seed, vocabulary)
         status(
             f"wrote {args.out}: a GPT-2 of {hparams.as_dict()} in three formats, with references"
         )

@@ -32,10 +32,15 @@ from picogpt2.cli import (  # noqa: E402
     prog_name,
     run_cli,
 )
-from picogpt2.download import download_model  # noqa: E402
-from picogpt2.encoder import ENDOFTEXT, Encoder, bytes_to_unicode, load_encoder  # noqa: E402
+from picogpt2.download import fetch_vocabulary  # noqa: E402
+from picogpt2.encoder import (  # noqa: E402
+    ENDOFTEXT,
+    Encoder,
+    bytes_to_unicode,
+    has_vocabulary,
+    load_encoder,
+)
 from picogpt2.errors import InputError  # noqa: E402
-from picogpt2.hparams import SIZES  # noqa: E402
 from picogpt2.locations import models_dir  # noqa: E402
 from picogpt2.textio import (  # noqa: E402
     argument_text,
@@ -80,11 +85,11 @@ def show_work(encoder: Encoder, text: str, out: TextIO) -> list[int]:
 def vocabulary(args: argparse.Namespace) -> Encoder:
     if args.vocab_dir is not None:
         return load_encoder(args.vocab_dir)
-    folder = models_dir(args.models_dir) / args.model_size
-    if not (folder / "encoder.json").is_file():
-        if args.model_size not in SIZES:
-            raise InputError(f"{folder}: no encoder.json there; name a folder with --vocab-dir")
-        download_model(args.model_size, folder.parent, small_files_only=True)
+    folder = fetch_vocabulary(args.model_size, models_dir(args.models_dir))
+    if not has_vocabulary(folder):
+        raise InputError(
+            f"{folder}: no encoder.json there (nor vocab.json); name a folder with --vocab-dir"
+        )
     return load_encoder(folder)
 
 

@@ -302,6 +302,19 @@ def test_tokens_of_a_tiny_model_folder(models):
     assert json.loads(r.stdout) == expected
 
 
+def test_tokens_of_a_folder_with_transformers_file_names(models, tmp_path):
+    # vocab.json + merges.txt: once refused for lacking encoder.json.
+    import shutil
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    shutil.copyfile(models / "tiny" / "encoder.json", folder / "vocab.json")
+    shutil.copyfile(models / "tiny" / "vocab.bpe", folder / "merges.txt")
+    expected = load_encoder(models / "tiny").encode("the cat")
+    r = tokens("the cat", "--model-size", "hf", "--models-dir", str(tmp_path))
+    assert r.returncode == 0 and json.loads(r.stdout) == expected, text(r.stderr)
+
+
 @pytest.mark.parametrize(
     "extra, status, words",
     [
