@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from tiny import tiny_tensors, vocab_files  # noqa: E402
 
+from picogpt2.formats.safetensors import WEIGHTS_FILE, write_tensors  # noqa: E402
 from picogpt2.hparams import SIZES  # noqa: E402
-from picogpt2.weights import WEIGHTS_FILE, write_safetensors  # noqa: E402
 
 PROMPT, N_DECODE, N_PREFILL = 16, 64, 128
 REAL_VOCAB = ROOT.parent / "shared" / "gpt2-124M-real"
@@ -56,7 +56,7 @@ def random_model(models_dir: Path, size: str) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     h = SIZES[size].as_dict()
     tensors = tiny_tensors(h, seed=0, scale=0.02)
-    write_safetensors(folder / WEIGHTS_FILE, tensors, {"format": "picogpt2-random"})
+    write_tensors(folder / WEIGHTS_FILE, tensors, {"format": "picogpt2-random"})
     (folder / "hparams.json").write_text(json.dumps(h))
     if (REAL_VOCAB / "encoder.json").is_file():  # so that the CLI can decode its output
         for file in ("encoder.json", "vocab.bpe"):

@@ -3,6 +3,7 @@ name, and one process at a time writes into a folder."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from picogpt2.errors import InputError
 from picogpt2.status import status
 
 try:
@@ -20,6 +22,13 @@ except ImportError:  # Windows: no advisory locks; concurrent first runs are not
     fcntl = None
 
 LOCK_FILE = ".lock"
+# What writing into a folder that cannot be written fails with.
+READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def is_read_only(error: OSError) -> bool:
+    """The error says the folder (or file) cannot be written."""
+    return error.errno in READ_ONLY_ERRNOS
 
 
 @contextmanager
@@ -27,10 +36,14 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
     """Open ``path`` + ".tmp" for writing; when the block ends without error,
     flush it to disk and rename it to ``path``. On any error (a full disk,
     Ctrl-C) the temporary file is removed and ``path`` is left as it was.
-    An ``OSError`` names the file (a full disk's own message does not)."""
+    The temporary file is always a new one: a leftover of that name (a link
+    to elsewhere included) is removed first, never written through. An
+    ``OSError`` names the file (a full disk's own message does not)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -41,6 +54,13 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def require_new(out: Path) -> None:
+    """``out`` must not exist yet: what picogpt2 writes never replaces a file
+    or folder that is there."""
+    if out.exists() or out.is_symlink():
+        raise InputError(f"{out} exists: name a new file or folder")
 
 
 # Within a process the lock is re-entrant (the downloader holds it while it
@@ -103,7 +123,9 @@ def _process_lock(folder: Path, waiting: str) -> Iterator[None]:
         return
     while True:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        # Never through a link: the lock file is created in the folder itself.
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(folder / LOCK_FILE, flags, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -13,8 +13,9 @@ from typing import NoReturn
 
 from picogpt2.backend import BACKEND_ENV, BACKENDS
 from picogpt2.errors import InputError, PicoGPT2Error
+from picogpt2.generation import Settings
 from picogpt2.hparams import SIZES
-from picogpt2.locations import MODELS_DIR_ENV, default_models_dir, models_dir
+from picogpt2.locations import MODELS_DIR_ENV, default_models_dir, locate, models_dir
 from picogpt2.status import error
 
 
@@ -136,12 +137,26 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def settings_of(args: argparse.Namespace, **rules) -> Settings:
+    """The generation settings the sampling arguments ask for, with the
+    other ``rules`` (``stop``, ``ignore_eot``), checked."""
+    settings = Settings(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        **rules,
+    )
+    settings.check()
+    return settings
+
+
 def check_model_argument(args: argparse.Namespace) -> None:
     """A released size, or a model folder or file inside the models folder
-    (or at a path); resolves
-    ``args.models_dir`` to the folder it means."""
+    (or at a path); resolves ``args.models_dir`` to the folder it means."""
     args.models_dir = models_dir(args.models_dir)
-    if args.model_size not in SIZES and not (args.models_dir / args.model_size).exists():
+    if args.model_size not in SIZES and not locate(args.model_size, args.models_dir).exists():
         raise InputError(
             f"unknown model size {args.model_size!r}: choose from {', '.join(SIZES)}, "
             f"or name a model folder or file inside {args.models_dir} (or its path)"

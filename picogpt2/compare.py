@@ -25,35 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a file: python picogpt2/compare.py
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from picogpt2.activations import KEYS, RTOL64, forward_order  # noqa: E402
-from picogpt2.cli import Parser, prog_name, run_cli  # noqa: E402
-from picogpt2.errors import InputError  # noqa: E402
-from picogpt2.gpt2 import log_softmax  # noqa: E402
-from picogpt2.weights import WeightsError, read_safetensors  # noqa: E402
-
-Dump = dict[str, np.ndarray]
-
-
-def load_dump(path: Path) -> Dump:
-    """The arrays of a dump: ``.npz``, ``.safetensors`` or a folder of ``.npy``
-    files named by key. Nothing is unpickled."""
-    try:
-        if path.is_dir():
-            files = sorted(path.glob("*.npy"))
-            if not files:
-                raise InputError(f"{path}: a folder with no .npy files")
-            return {f.stem: np.load(f, allow_pickle=False) for f in files}
-        if path.suffix == ".safetensors":
-            return dict(read_safetensors(path)[0])
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file or folder") from None
-    except (OSError, ValueError, WeightsError) as e:
-        raise InputError(f"{path}: not a dump picogpt2 can read ({e})") from None
+from picogpt2.activations import KEYS, RTOL64, forward_order
+from picogpt2.cli import Parser, prog_name, run_cli
+from picogpt2.dumps import Dump, load_dump
+from picogpt2.errors import InputError
+from picogpt2.scoring import log_softmax
 
 
 @dataclass

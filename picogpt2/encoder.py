@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import shutil
 from collections.abc import Collection, Iterable, Iterator
 from itertools import chain
 from pathlib import Path
@@ -315,6 +316,13 @@ def vocabulary_files(model_dir: Path) -> tuple[Path, Path]:
 
 def has_vocabulary(model_dir: Path) -> bool:
     return all(p.is_file() for p in vocabulary_files(model_dir))
+
+
+def copy_vocabulary(model_dir: Path, out: Path, names: tuple[str, str]) -> None:
+    """Copy ``model_dir``'s two vocabulary files into the folder ``out``,
+    named ``names`` (OpenAI's or transformers')."""
+    for source, name in zip(vocabulary_files(model_dir), names, strict=True):
+        shutil.copyfile(source, out / name)
 
 
 def load_encoder(model_dir: str | Path, *, cache_size: int = 1 << 16) -> Encoder:

@@ -1,8 +1,9 @@
 """The one base of every error picogpt2 raises on purpose.
 
-Each module defines the errors it raises beside its code (``WeightsError``
-in ``weights.py``, ``DownloadError`` in ``download.py``, ...), all derived
-from ``PicoGPT2Error``. The commands catch this base alone and print its
+Each module defines the errors it raises beside its code
+(``DownloadError`` in ``fetch.py``, ``CheckpointError`` in
+``formats/tf_bundle.py``, ...), all derived from ``PicoGPT2Error``; the few
+that many modules raise are here. The commands catch this base alone and print its
 message as one line, so a new error class cannot escape as a traceback.
 """
 
@@ -26,3 +27,8 @@ class InputError(PicoGPT2Error, ValueError):
 class FormatError(PicoGPT2Error, ValueError):
     """A model file or folder in a format picogpt2 reads (transformers,
     llm.c) holds something it cannot use; the message names it."""
+
+
+class WeightsError(PicoGPT2Error, ValueError):
+    """A model's weights cannot be used (missing, damaged, not what its
+    hyperparameters describe, not finite); the message names the file."""

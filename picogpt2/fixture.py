@@ -12,34 +12,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a file: python picogpt2/fixture.py
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from picogpt2.activations import RTOL32
+from picogpt2.atomic import atomic_folder, require_new
+from picogpt2.backend import NUMPY
+from picogpt2.cli import Parser, add_models_dir_argument, folder_argument, prog_name, run_cli
+from picogpt2.dumps import generation_record
+from picogpt2.encoder import Encoder, copy_vocabulary, load_encoder
+from picogpt2.errors import InputError
+from picogpt2.formats import llmc, openai, transformers
+from picogpt2.formats.safetensors import write_tensors
+from picogpt2.generation import Settings
+from picogpt2.hparams import HParams, parse_hparams
+from picogpt2.loading import vocabulary_of
+from picogpt2.model import GPT2
+from picogpt2.params import map_params, params_from_tensors, schema
+from picogpt2.sampling import SplitMix64
+from picogpt2.status import status
 
-from picogpt2 import hf, llmc  # noqa: E402
-from picogpt2.activations import RTOL32  # noqa: E402
-from picogpt2.atomic import atomic_folder  # noqa: E402
-from picogpt2.backend import NUMPY  # noqa: E402
-from picogpt2.cli import Parser, add_models_dir_argument, folder_argument, prog_name, run_cli  # noqa: E402
-from picogpt2.download import fetch_vocabulary  # noqa: E402
-from picogpt2.dump import generation_record  # noqa: E402
-from picogpt2.encoder import Encoder, load_encoder, vocabulary_files  # noqa: E402
-from picogpt2.errors import InputError  # noqa: E402
-from picogpt2.export import write_openai  # noqa: E402
-from picogpt2.hparams import HParams, parse_hparams  # noqa: E402
-from picogpt2.locations import models_dir  # noqa: E402
-from picogpt2.model import GPT2, map_params, params_from_tensors  # noqa: E402
-from picogpt2.sampling import MASK64  # noqa: E402
-from picogpt2.sources import tensor_shapes  # noqa: E402
-from picogpt2.status import status  # noqa: E402
-from picogpt2.weights import write_safetensors  # noqa: E402
-
-GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment
 PROMPT = "The quick brown fox jumps over the lazy dog."
 N_GENERATE = 16
 SAMPLE_SEEDS = (1, 2, 3)
@@ -55,32 +49,18 @@ TEXTS = [
 ]
 
 
-def splitmix_uniform(seed: int, start: int, count: int) -> np.ndarray:
-    """Draws ``start`` to ``start + count - 1`` of SplitMix64 seeded with
-    ``seed``, as floats in [0, 1) (``SplitMix64.uniform``): draw k is a pure
-    function of the state ``seed + (k + 1) * GAMMA`` mod 2**64."""
-    k = np.arange(start + 1, start + count + 1, dtype=np.uint64)
-    with np.errstate(over="ignore"):  # uint64 arithmetic wraps mod 2**64, as intended
-        z = np.uint64(seed & MASK64) + k * np.uint64(GAMMA)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
 def fixture_tensors(hparams: HParams, seed: int) -> dict[str, np.ndarray]:
-    """Every tensor, in the order of ``sources.tensor_shapes``, each element
-    in row-major order taking the next draw u: ``float32(1 + 0.1 * (2u - 1))``
-    for a layer norm's gain (``.../g``), ``float32(0.1 * (2u - 1))`` for
-    everything else, computed in float64 and rounded once to float32."""
-    tensors, start = {}, 0
-    for name, shape in tensor_shapes(hparams).items():
-        count = int(np.prod(shape))
-        values = 0.1 * (2.0 * splitmix_uniform(seed, start, count) - 1.0)
-        if name.endswith("/g"):
+    """Every tensor, in the order of ``params.schema``, each element in
+    row-major order taking the next draw u of ``SplitMix64(seed)``:
+    ``float32(1 + 0.1 * (2u - 1))`` for a layer norm's gain (``.../g``),
+    ``float32(0.1 * (2u - 1))`` for everything else, computed in float64 and
+    rounded once to float32."""
+    rng, tensors = SplitMix64(seed), {}
+    for t in schema(hparams):
+        values = 0.1 * (2.0 * rng.uniforms(int(np.prod(t.shape))) - 1.0)
+        if t.leaf == "g":
             values = 1.0 + values
-        tensors[name] = values.astype(np.float32).reshape(shape)
-        start += count
+        tensors[t.name] = values.astype(np.float32).reshape(t.shape)
     return tensors
 
 
@@ -90,26 +70,24 @@ def fixture_model(hparams: HParams, tensors: dict, encoder: Encoder, folder: Pat
     return GPT2(hparams, encoder, params, NUMPY, "float64", folder)
 
 
-def write_formats(out: Path, hparams: HParams, tensors: dict, vocab: tuple[Path, Path], eot: int):
-    (out / "openai").mkdir()
-    write_openai(out / "openai", hparams, tensors, vocab)
-    (out / "hf").mkdir()
-    hf.write_folder(out / "hf", hparams, tensors, vocab, eot)
-    (out / "llmc").mkdir()
-    llmc.write_file(out / "llmc" / "model.bin", hparams, tensors)
-    shutil.copyfile(vocab[0], out / "llmc" / "encoder.json")
-    shutil.copyfile(vocab[1], out / "llmc" / "vocab.bpe")
+def write_formats(out: Path, hparams: HParams, tensors: dict, vocabulary: Path) -> None:
+    """The model in OpenAI's, transformers' and llm.c's formats; llm.c's
+    file with the vocabulary beside it, where llm.c's users keep it."""
+    for fmt, path in ((openai, "openai"), (transformers, "hf"), (llmc, "llmc/model.bin")):
+        fmt.write(out / path, hparams, tensors, vocabulary)
+    copy_vocabulary(vocabulary, out / "llmc", ("encoder.json", "vocab.bpe"))
 
 
 def write_references(out: Path, model: GPT2, seed: int) -> dict:
     encoder = model.encoder
     prompt = encoder.encode(PROMPT)
-    arrays = model.trace(prompt, detail=True) | generation_record(model, prompt, N_GENERATE, {})
+    greedy = generation_record(model, prompt, N_GENERATE, Settings())
+    arrays = model.trace(prompt, detail=True) | greedy
     metadata = {"format": "picogpt2-dump", "dtype": "float64", "prompt": PROMPT}
-    write_safetensors(out / "reference.safetensors", arrays, metadata)
+    write_tensors(out / "reference.safetensors", arrays, metadata)
     samples = []
     for s in SAMPLE_SEEDS:
-        record = generation_record(model, prompt, N_GENERATE, {**SAMPLING, "seed": s})
+        record = generation_record(model, prompt, N_GENERATE, Settings(**SAMPLING, seed=s))
         samples.append({"seed": s, **SAMPLING, "ids": record["gen_ids"].tolist(),
                         "logprobs": record["gen_logprob"].tolist()})  # fmt: skip
     samples_json = {"prompt": PROMPT, "prompt_ids": prompt, "samples": samples}
@@ -185,14 +163,12 @@ leave the reference at a near-tie. Token ids must be equal, always.
 
 
 def make_fixture(out: Path, hparams: HParams, seed: int, vocabulary: Path) -> None:
-    if out.exists():
-        raise InputError(f"{out} exists: name a new folder")
     encoder = load_encoder(vocabulary)
     if encoder.n_vocab != hparams.n_vocab:
         raise InputError(f"{vocabulary}: {encoder.n_vocab} tokens, not GPT-2's {hparams.n_vocab}")
     tensors = fixture_tensors(hparams, seed)
     with atomic_folder(out) as folder:
-        write_formats(folder, hparams, tensors, vocabulary_files(vocabulary), encoder.eot_token)
+        write_formats(folder, hparams, tensors, vocabulary)
         model = fixture_model(hparams, tensors, encoder, folder)
         summary = write_references(folder, model, seed)
         (folder / "README.md").write_text(readme(hparams, seed, summary))
@@ -234,9 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(str(e)) from None
         if hparams.n_ctx < 16 + N_GENERATE:
             raise InputError(f"--context must be >= {16 + N_GENERATE}, got {hparams.n_ctx}")
-        if args.out.exists():
-            raise InputError(f"{args.out} exists: name a new folder")
-        vocabulary = args.encoder_dir or fetch_vocabulary("124M", models_dir(args.models_dir))
+        require_new(args.out)
+        vocabulary = vocabulary_of("124M", args.models_dir, args.encoder_dir)
         make_fixture(args.out, hparams, args.seed, vocabulary)
         status(
             f"wrote {args.out}: a GPT-2 of {hparams.as_dict()} in three formats, with references"

@@ -14,6 +14,7 @@ at <|endoftext|> unless --ignore-eot.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -30,14 +31,24 @@ from picogpt2.cli import (  # noqa: E402
     model_options,
     prog_name,
     run_cli,
+    settings_of,
 )
-from picogpt2.download import download_model  # noqa: E402
 from picogpt2.encoder import load_encoder  # noqa: E402
 from picogpt2.errors import InputError  # noqa: E402
-from picogpt2.generation import Continuation, Settings, sample_text  # noqa: E402
+from picogpt2.generation import (  # noqa: E402
+    Continuation,
+    Settings,
+    check_lengths,
+    generate_many,
+    prompt_ids,
+    sample_text,
+    stream_many,
+)
 from picogpt2.hparams import SIZES, read_hparams  # noqa: E402
-from picogpt2.model import GPT2, check_lengths, load_model  # noqa: E402
-from picogpt2.sources import peek_hparams  # noqa: E402
+from picogpt2.loading import peek_hparams  # noqa: E402
+from picogpt2.locations import locate  # noqa: E402
+from picogpt2.model import GPT2, load_model  # noqa: E402
+from picogpt2.releases import download_model, is_missing  # noqa: E402
 from picogpt2.status import error, set_quiet, status  # noqa: E402
 from picogpt2.textio import (  # noqa: E402
     argument_text,
@@ -46,7 +57,6 @@ from picogpt2.textio import (  # noqa: E402
     strip_one_newline,
     text_stdout,
 )
-from picogpt2.weights import WEIGHTS_FILE, has_complete_checkpoint  # noqa: E402
 
 SAMPLE_HEADER = "======== SAMPLE {} ========"  # as OpenAI's sampling scripts print
 
@@ -69,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-tokens",
         type=int,
         default=40,
-        help="new tokens per sample, at most (default: 40); past the context of 1024 the "
-        "window slides: the last 512 tokens go on",
+        help="new tokens per sample, at most (default: 40); past the model's context (1024 "
+        "for OpenAI's sizes) the window slides: the last half of it goes on",
     )
     parser.add_argument(
         "--n-samples",
@@ -98,7 +108,7 @@ def add_stopping_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="TEXT",
         help="stop a sample once its continuation contains TEXT, printing what comes "
-        "before it (repeatable; \\n and \\t are read as newline and tab)",
+        "before it (repeatable; \\n, \\t and \\\\ are read as newline, tab and backslash)",
     )
     parser.add_argument(
         "--ignore-eot",
@@ -107,25 +117,19 @@ def add_stopping_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def settings_of(args: argparse.Namespace) -> dict:
-    """The generation settings the command line asks for, checked."""
-    stop = tuple(s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop)
-    settings = {
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "repetition_penalty": args.repetition_penalty,
-        "stop": stop,
-        "ignore_eot": args.ignore_eot,
-    }
-    Settings(**settings).check()
-    return {**settings, "seed": args.seed}
+ESCAPES = {"\\": "\\", "n": "\n", "t": "\t"}
 
 
-def validate(args: argparse.Namespace) -> dict:
+def unescape(text: str) -> str:
+    """--stop's escapes: \\n newline, \\t tab, \\\\ a backslash."""
+    return re.sub(r"\\([\\nt])", lambda m: ESCAPES[m.group(1)], text)
+
+
+def validate(args: argparse.Namespace) -> Settings:
     """Check the arguments before loading anything, with the same functions
     the model checks them with again; return the generation settings."""
-    settings = settings_of(args)
+    stop = tuple(unescape(s) for s in args.stop)
+    settings = settings_of(args, stop=stop, ignore_eot=args.ignore_eot)
     check_model_argument(args)
     if args.interactive and args.prompt is not None:
         raise InputError("--interactive reads prompts from stdin, one per line: give none here")
@@ -140,27 +144,24 @@ def validate(args: argparse.Namespace) -> dict:
 def check_prompt_before_download(args: argparse.Namespace, prompt: str) -> None:
     """For a released size not downloaded yet, fetch only its small files
     (the vocabulary) and check the prompt's length, before the large shard."""
-    folder = args.models_dir / args.model_size
-    if args.model_size not in SIZES or (folder / WEIGHTS_FILE).exists():
-        return
-    if has_complete_checkpoint(folder):
+    folder = locate(args.model_size, args.models_dir)
+    if args.model_size not in SIZES or not is_missing(folder):
         return
     download_model(args.model_size, args.models_dir, small_files_only=True)
-    encoder = load_encoder(folder)
-    n_prompt = len(encoder.encode(prompt)) if prompt else 1
+    n_prompt = len(prompt_ids(load_encoder(folder), prompt))
     check_lengths(n_prompt, args.n_tokens, read_hparams(folder).n_ctx)
 
 
-def stream_one(model: GPT2, ids: list[int], prompt: str, args, settings: dict, out) -> int:
+def stream_one(model: GPT2, ids: list[int], prompt: str, args, settings: Settings, out) -> int:
     """One sample, printed as it is generated; returns its number of ids."""
-    eot, text = model.encoder.eot_token, Continuation(model.encoder, settings["stop"])
-    tokens = model.stream(ids, args.n_tokens, **settings)  # checks the prompt first
+    eot, text = model.encoder.eot_token, Continuation(model.encoder, settings.stop)
+    tokens = stream_many(model, ids, args.n_tokens, 1, settings)  # checks the prompt first
     n = 0
     out.write(prompt)
     try:
-        for token in tokens:
+        for _, token in tokens:
             n += 1
-            if token != eot or args.ignore_eot:  # a final <|endoftext|> is not printed
+            if token != eot or settings.ignore_eot:  # a final <|endoftext|> is not printed
                 out.write(text.feed([token]))
                 out.flush()
         out.write(text.flush())
@@ -170,20 +171,19 @@ def stream_one(model: GPT2, ids: list[int], prompt: str, args, settings: dict, o
     return n
 
 
-def print_samples(model: GPT2, ids: list[int], prompt: str, args, settings: dict, out) -> int:
+def print_samples(model: GPT2, ids: list[int], prompt: str, args, settings: Settings, out) -> int:
     """Several samples, decoded together, each printed under its header."""
-    samples = model.generate_many(ids, args.n_tokens, args.n_samples, **settings)
-    rules = Settings(stop=settings["stop"], ignore_eot=args.ignore_eot)
+    samples = generate_many(model, ids, args.n_tokens, args.n_samples, settings)
     for j, sample in enumerate(samples):
         out.write(SAMPLE_HEADER.format(j + 1) + "\n")
-        out.write(prompt + sample_text(model.encoder, sample, rules) + "\n")
+        out.write(prompt + sample_text(model.encoder, sample, settings) + "\n")
     out.flush()
     return sum(len(sample) for sample in samples)
 
 
-def continue_prompt(model: GPT2, prompt: str, args, settings: dict, out: TextIO) -> None:
+def continue_prompt(model: GPT2, prompt: str, args, settings: Settings, out: TextIO) -> None:
     """Generate and print the continuation(s) of one prompt, then say how fast."""
-    ids = model.encoder.encode(prompt) if prompt else [model.encoder.eot_token]
+    ids = prompt_ids(model.encoder, prompt)
     start = time.perf_counter()
     if args.n_samples == 1:
         n = stream_one(model, ids, prompt, args, settings, out)
@@ -195,7 +195,7 @@ def continue_prompt(model: GPT2, prompt: str, args, settings: dict, out: TextIO)
     status(f"{samples}{n} tokens in {seconds:.2f} s{rate}")
 
 
-def interactive(model: GPT2, args, settings: dict, out: TextIO, prog: str) -> int:
+def interactive(model: GPT2, args, settings: Settings, out: TextIO, prog: str) -> int:
     """Continue each line of stdin until it ends (or Ctrl-C at the prompt).
     Ctrl-C during a generation, and a prompt that cannot be used, end that
     prompt only."""

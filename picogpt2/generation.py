@@ -1,13 +1,17 @@
-"""What generating adds around the forward pass: the settings, each sample's
-state, and the rules for stopping and for going past the context.
+"""Generating: the settings, each sample's state, and the decode loop that
+runs the forward pass step by step.
 
-The rules (``GPT2.stream_many`` runs them):
+The rules (``stream_many`` runs them):
 
+- **The prompt.** Token ids, 1 to ``n_ctx`` of them; an empty text prompt
+  starts from ``<|endoftext|>`` (``prompt_ids``).
 - **Samples.** Several samples of one prompt are decoded as one batch: the
   prompt is run once, its cache copied to every sample, and each step
   reads every weight once for all of them. Sample ``j`` draws from its own
   ``SplitMix64(seed + j)``, so it equals the single generation with seed
   ``seed + j``. A sample that stops leaves the batch; the others go on.
+- **Choosing.** Greedy unless a sampling option is given; ``sampling.py``
+  states the rules (temperature, top-k, top-p, repetition penalty).
 - **Stopping.** A sample stops after ``n_tokens`` new ids; at
   ``<|endoftext|>`` (that id is its last one) unless ``ignore_eot``; and as
   soon as its decoded continuation contains one of the ``stop`` strings
@@ -22,37 +26,70 @@ The rules (``GPT2.stream_many`` runs them):
 
 from __future__ import annotations
 
-import codecs
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
+from picogpt2.backend import Backend
 from picogpt2.encoder import Encoder
 from picogpt2.errors import InputError
+from picogpt2.hparams import HParams
+from picogpt2.kvcache import KVCache
 from picogpt2.sampling import SplitMix64, check_sampling_args, sample
 
 
 @dataclass(frozen=True)
 class Settings:
-    """How to choose tokens and when to stop (see ``sampling`` and above)."""
+    """How to choose tokens and when to stop (the rules above). ``seed``
+    None draws a random one; ``stop`` takes strings (one string is one
+    stop string)."""
 
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
     repetition_penalty: float | None = None
-    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    stop: Sequence[str] = ()
     ignore_eot: bool = False
+
+    def __post_init__(self) -> None:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        object.__setattr__(self, "stop", stop)
 
     def check(self) -> None:
         """The one check of a generation's settings (``InputError``)."""
         check_sampling_args(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise InputError(f"seed must be an integer, got {self.seed!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise InputError("stop strings must be non-empty text")
 
     @property
     def penalized(self) -> bool:
         return self.repetition_penalty is not None and self.repetition_penalty != 1
+
+
+def check_lengths(n_prompt: int, n_tokens: int, n_ctx: int, n_samples: int = 1) -> None:
+    """The one check of a generation's lengths: a prompt of 1 to ``n_ctx``
+    tokens, ``n_tokens`` >= 0 new ones (past the context, the window
+    slides), ``n_samples`` >= 1."""
+    if n_prompt < 1:
+        raise InputError("need at least one token id")
+    if n_prompt > n_ctx:
+        raise InputError(f"the prompt is {n_prompt} tokens, more than the context of {n_ctx}")
+    if n_tokens < 0:
+        raise InputError(f"n-tokens must be >= 0, got {n_tokens}")
+    if n_samples < 1:
+        raise InputError(f"n-samples must be >= 1, got {n_samples}")
+
+
+def prompt_ids(encoder: Encoder, prompt: str) -> list[int]:
+    """A text prompt's ids; the empty prompt starts from <|endoftext|>."""
+    return encoder.encode(prompt) if prompt else [encoder.eot_token]
 
 
 def window(sequence: Sequence[int], n_ctx: int) -> list[int]:
@@ -71,20 +108,20 @@ class Continuation:
     """
 
     def __init__(self, encoder: Encoder, stop: Sequence[str] = ()) -> None:
-        self.encoder, self.stop = encoder, tuple(stop)
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stop = tuple(stop)
+        self._utf8 = encoder.stream_decoder()
         self._held = ""
         self.stopped = False
 
     def feed(self, ids: Sequence[int]) -> str:
         if self.stopped:
             return ""
-        return self._release(self._held + self._utf8.decode(self.encoder.decode_bytes(ids)))
+        return self._release(self._held + self._utf8.feed(ids))
 
     def flush(self) -> str:
         if self.stopped:
             return ""
-        text = self._release(self._held + self._utf8.decode(b"", final=True))
+        text = self._release(self._held + self._utf8.flush())
         rest, self._held = self._held, ""
         return text + rest
 
@@ -142,3 +179,114 @@ class SampleState:
             self.text.feed([token])
             self.stopped = self.text.stopped
         return token
+
+
+class LanguageModel(Protocol):
+    """What the decode loop needs of a model (``model.GPT2`` is one)."""
+
+    hparams: HParams
+    encoder: Encoder
+    backend: Backend
+
+    def upload_ids(self, ids: Sequence[int]) -> np.ndarray: ...
+
+    def forward(
+        self, ids: np.ndarray, cache: list[KVCache] | None = None, *, last_only: bool = False
+    ) -> np.ndarray: ...
+
+    def new_cache(self, n_batch: int = 1, size: int | None = None) -> list[KVCache]: ...
+
+
+def stream_many(
+    model: LanguageModel, ids: Sequence[int], n_tokens: int, n_samples: int, settings: Settings
+) -> Iterator[tuple[int, int]]:
+    """(sample, id) pairs as they are generated, step by step, for
+    ``n_samples`` continuations of ``ids`` (checked before the first step)."""
+    settings.check()
+    prompt = model.upload_ids(ids)  # [1, n_seq]
+    check_lengths(prompt.shape[1], n_tokens, model.hparams.n_ctx, n_samples)
+    seed = settings.seed
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little") >> 1
+    samples = [
+        SampleState(j, ids, seed + j, settings, model.encoder,
+                    _seen(model, ids) if settings.penalized else None)
+        for j in range(n_samples)
+    ]  # fmt: skip
+    return _decode(model, prompt, n_tokens, samples)
+
+
+def generate_many(
+    model: LanguageModel, ids: Sequence[int], n_tokens: int, n_samples: int, settings: Settings
+) -> list[list[int]]:
+    """``n_samples`` continuations of ``ids`` (only the new ids), decoded as
+    one batch; sample ``j`` is the single generation with seed ``seed + j``."""
+    samples: list[list[int]] = [[] for _ in range(n_samples)]
+    for j, token in stream_many(model, ids, n_tokens, n_samples, settings):
+        samples[j].append(token)
+    return samples
+
+
+def complete(
+    model: LanguageModel, prompt: str, n_tokens: int, n_samples: int, settings: Settings
+) -> list[str]:
+    """Text in, text out: each sample's continuation of ``prompt``, ending
+    before a stop string, without a final <|endoftext|>."""
+    ids = prompt_ids(model.encoder, prompt)
+    samples = generate_many(model, ids, n_tokens, n_samples, settings)
+    return [sample_text(model.encoder, sample, settings) for sample in samples]
+
+
+def _seen(model: LanguageModel, ids: Sequence[int]) -> np.ndarray:
+    """[n_vocab] True at the prompt's ids: what a repetition penalty needs."""
+    seen = np.zeros(model.hparams.n_vocab, dtype=bool)
+    seen[np.asarray(ids, dtype=np.int64)] = True
+    return model.backend.upload(seen, bool)
+
+
+def _decode(
+    model: LanguageModel, prompt: np.ndarray, n_tokens: int, samples: list[SampleState]
+) -> Iterator[tuple[int, int]]:
+    """The decode loop: run the prompt once; then per step, every sample
+    still going picks a token, stopped ones leave the batch, and the rest
+    take one more position (or slide their window)."""
+    n_ctx = model.hparams.n_ctx
+    cache = model.new_cache(1, min(prompt.shape[1] + n_tokens, n_ctx))
+    logits = model.forward(prompt, cache, last_only=True)[:, 0]  # [1, n_vocab]
+    if len(samples) > 1:  # every sample continues the prompt's cache
+        cache = [repeat(layer, len(samples)) for layer in cache]
+        logits = np.repeat(logits, len(samples), axis=0)  # [n_batch, n_vocab]
+    for step in range(n_tokens):
+        for i, s in enumerate(samples):
+            yield s.index, s.choose(logits[i])
+        going = [i for i, s in enumerate(samples) if not s.stopped]
+        if step + 1 == n_tokens or not going:
+            return
+        if len(going) < len(samples):
+            samples = [samples[i] for i in going]
+            for layer in cache:
+                keep(layer, going)
+        if cache[0].length == n_ctx:  # full: each sample goes on from its window
+            ids = [window(s.sequence, n_ctx) for s in samples]
+            cache = model.new_cache(len(samples), n_ctx)
+        else:
+            ids = [[s.sequence[-1]] for s in samples]
+        ids = model.backend.upload(ids, np.int64)  # [n_batch, n_seq]
+        logits = model.forward(ids, cache, last_only=True)[:, 0]
+
+
+def repeat(cache: KVCache, n_batch: int) -> KVCache:
+    """A cache of ``n_batch`` rows, each holding this one-row cache's
+    positions: several samples continuing one prompt."""
+    _, n_head, size, head_dim = cache.k.shape
+    copy = KVCache(n_batch, n_head, size, head_dim, like=cache.k)
+    copy.k[:, :, : cache.length] = cache.k[:, :, : cache.length]
+    copy.v[:, :, : cache.length] = cache.v[:, :, : cache.length]
+    copy.length = cache.length
+    return copy
+
+
+def keep(cache: KVCache, rows: list[int]) -> None:
+    """Keep only the sequences ``rows`` (their index in the batch), in that
+    order: the samples that have not stopped."""
+    cache.k, cache.v = cache.k[rows], cache.v[rows]

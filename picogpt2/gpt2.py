@@ -20,9 +20,10 @@ Pitfalls that implementations get wrong, each pinned down here:
 - weights are [in, out] (``x @ w``), as stored, never transposed.
 
 Two optional arguments carry state, and neither changes the math: a layer's
-``KVCache`` (the keys and values of the positions it has seen, so decoding
-one more token costs one position's work) and a ``Trace`` (an out-parameter
-that records activations for dumps; the default records nothing).
+``KVCache`` (``kvcache.py``: the keys and values of the positions it has
+seen, so decoding one more token costs one position's work) and a ``Trace``
+(``trace.py``: an out-parameter that records activations for dumps; the
+default records nothing).
 
 Every operation goes through NumPy's functions, which hand CuPy arrays to
 CuPy (NEP 13/18 dispatch), so the same lines run on either backend. Scalars
@@ -35,84 +36,12 @@ import math
 
 import numpy as np
 
-Params = dict  # weights keyed as in the checkpoint; see model.params_from_tensors
+from picogpt2.kvcache import KVCache
+from picogpt2.trace import NO_TRACE, Trace
+
+Params = dict  # the weight tree, keyed as in the checkpoint (params.py builds it)
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-
-
-class Trace:
-    """Activations of a forward pass, recorded by name: an optional
-    out-parameter for dumps. Each block records into its own
-    ``trace.layer(i)``. The default, ``NO_TRACE``, records nothing, so the
-    math below needs no ``if``."""
-
-    def __init__(self) -> None:
-        self.arrays: dict[str, np.ndarray] = {}
-        self.layers: list[Trace] = []
-
-    def record(self, **arrays: np.ndarray) -> None:
-        self.arrays.update(arrays)
-
-    def layer(self, i: int) -> Trace:
-        while len(self.layers) <= i:
-            self.layers.append(Trace())
-        return self.layers[i]
-
-
-class _NoTrace(Trace):
-    def record(self, **arrays: np.ndarray) -> None:
-        pass
-
-    def layer(self, i: int) -> Trace:
-        return self
-
-
-NO_TRACE = _NoTrace()
-
-
-class KVCache:
-    """One layer's keys and values for the positions it has seen (the
-    ``past`` of openai/gpt-2's model, one layer of it): ``extend`` appends
-    the new positions' and returns all of them to attend over.
-
-    The buffers are allocated once, for the ``size`` positions a generation
-    will reach, and never read beyond ``length``, so they start
-    uninitialised: zeroing them would cost a pass over memory on every
-    generation. One cache per layer, not one array for all, keeps each
-    allocation small enough for the allocator to recycle.
-    """
-
-    def __init__(
-        self, n_batch: int, n_head: int, size: int, head_dim: int, like: np.ndarray
-    ) -> None:
-        shape = (n_batch, n_head, size, head_dim)
-        self.k = np.empty(shape, dtype=like.dtype, like=like)
-        self.v = np.empty(shape, dtype=like.dtype, like=like)
-        self.length = 0
-
-    def extend(self, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[n_batch, n_head, n_seq, head_dim] new keys and values -> all of
-        them, past and new, [n_batch, n_head, n_kv, head_dim], n_kv = length + n_seq."""
-        start, end = self.length, self.length + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-    def repeat(self, n_batch: int) -> KVCache:
-        """A cache of ``n_batch`` rows, each holding this one-row cache's
-        positions: several samples continuing one prompt."""
-        _, n_head, size, head_dim = self.k.shape
-        copy = KVCache(n_batch, n_head, size, head_dim, like=self.k)
-        copy.k[:, :, : self.length] = self.k[:, :, : self.length]
-        copy.v[:, :, : self.length] = self.v[:, :, : self.length]
-        copy.length = self.length
-        return copy
-
-    def keep(self, rows: np.ndarray) -> None:
-        """Keep only the sequences ``rows`` (their index in the batch), in
-        that order: the samples that have not stopped."""
-        self.k, self.v = self.k[rows], self.v[rows]
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
@@ -125,14 +54,6 @@ def softmax(x: np.ndarray) -> np.ndarray:
     """Softmax over the last axis; the max is subtracted so exp never overflows."""
     e = np.exp(x - np.max(x, axis=-1, keepdims=True))
     return e / np.sum(e, axis=-1, keepdims=True)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log(softmax) over the last axis, in float64: the log-probabilities that
-    scores and dumps report (not part of the forward pass)."""
-    z = logits.astype(np.float64)
-    top = np.max(z, axis=-1, keepdims=True)
-    return z - top - np.log(np.sum(np.exp(z - top), axis=-1, keepdims=True))
 
 
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
@@ -165,19 +86,27 @@ def ffn(x: np.ndarray, c_fc: Params, c_proj: Params, trace: Trace = NO_TRACE) ->
     return out
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Causal attention of the last ``n_seq`` positions over all ``n_kv``.
+def attention_probs(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """How much each of the last ``n_seq`` positions attends to each of all
+    ``n_kv``: softmax of the scaled scores, causally masked.
 
-    q [n_batch, n_head, n_seq, head_dim], k and v [n_batch, n_head, n_kv, head_dim]
-    -> (output [n_batch, n_head, n_seq, head_dim],
-        probabilities [n_batch, n_head, n_seq, n_kv])
+    q [n_batch, n_head, n_seq, head_dim], k [n_batch, n_head, n_kv, head_dim]
+    -> [n_batch, n_head, n_seq, n_kv]
     """
     n_seq, n_kv = q.shape[-2], k.shape[-2]
     scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])  # [..., n_seq, n_kv]
     # Query i sits at position n_kv - n_seq + i and sees keys up to there.
     visible = np.tri(n_seq, n_kv, n_kv - n_seq, dtype=bool, like=q)
-    probs = softmax(np.where(visible, scores, -np.inf))
-    return probs @ v, probs
+    return softmax(np.where(visible, scores, -np.inf))
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, trace: Trace = NO_TRACE) -> np.ndarray:
+    """Causal attention of the last ``n_seq`` positions over all ``n_kv``:
+    q [n_batch, n_head, n_seq, head_dim], k and v [n_batch, n_head, n_kv,
+    head_dim] -> [n_batch, n_head, n_seq, head_dim]"""
+    probs = attention_probs(q, k)  # [n_batch, n_head, n_seq, n_kv]
+    trace.record(attn=probs)
+    return probs @ v
 
 
 def split_heads(x: np.ndarray, n_head: int) -> np.ndarray:
@@ -207,9 +136,8 @@ def mha(
     trace.record(q=q, k=k, v=v)  # [n_batch, n_head, n_seq, head_dim] each
     if cache is not None:
         k, v = cache.extend(k, v)  # [n_batch, n_head, n_kv, head_dim]
-    out, probs = attention(q, k, v)
-    out = linear(merge_heads(out), **c_proj)
-    trace.record(attn=probs, attn_out=out)
+    out = linear(merge_heads(attention(q, k, v, trace)), **c_proj)
+    trace.record(attn_out=out)
     return out
 
 

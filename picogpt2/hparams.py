@@ -84,3 +84,8 @@ def read_hparams(model_dir: str | Path) -> HParams:
     except ValueError as e:
         raise HParamsError(f"{path}: not valid JSON ({e})") from None
     return parse_hparams(values, str(path))
+
+
+def write_hparams(model_dir: Path, hparams: HParams) -> None:
+    """``model_dir/hparams.json``, as OpenAI wrote it."""
+    (model_dir / HPARAMS_FILE).write_text(json.dumps(hparams.as_dict()) + "\n", encoding="utf-8")

@@ -78,3 +78,9 @@ def base_url(given: str | None) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InputError(f"{source} must be an http:// or https:// URL, got {url!r}")
     return url.rstrip("/")
+
+
+def locate(name: str | Path, given: str | Path | None) -> Path:
+    """Where the model ``name`` is: a name inside the models folder (``given``
+    or the default), or a path (an absolute one stays as it is)."""
+    return models_dir(given) / name

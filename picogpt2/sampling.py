@@ -43,24 +43,37 @@ import numpy as np
 from picogpt2.errors import InputError
 
 MASK64 = (1 << 64) - 1
+GAMMA = 0x9E3779B97F4A7C15  # the increment of SplitMix64's state
+
+
+def _mix(z):  # an int, or a uint64 array: the same arithmetic mod 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
 
 
 class SplitMix64:
-    """Steele, Lea and Flood's SplitMix64, seeded with any integer."""
+    """Steele, Lea and Flood's SplitMix64, seeded with any integer (taken
+    modulo 2**64)."""
 
     def __init__(self, seed: int) -> None:
         self.state = seed & MASK64
 
     def next_u64(self) -> int:
-        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK64
-        z = self.state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-        return z ^ (z >> 31)
+        self.state = (self.state + GAMMA) & MASK64
+        return _mix(self.state)
 
     def uniform(self) -> float:
         """A float in [0, 1): the top 53 bits of ``next_u64`` times 2**-53."""
         return (self.next_u64() >> 11) * 2.0**-53
+
+    def uniforms(self, count: int) -> np.ndarray:
+        """The next ``count`` draws of ``uniform`` at once, float64 [count]:
+        draw k is a pure function of the state ``seed + k * GAMMA``."""
+        k = np.arange(1, count + 1, dtype=np.uint64)
+        states = (self.state + k * np.uint64(GAMMA)) & MASK64  # uint64 wraps mod 2**64
+        self.state = (self.state + count * GAMMA) & MASK64
+        return (_mix(states) >> 11).astype(np.float64) * 2.0**-53
 
 
 def check_sampling_args(

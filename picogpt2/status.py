@@ -4,26 +4,45 @@ Status never goes to stdout (that is the text a command produces), and
 nothing is written when stderr is closed. Progress redraws one line on a
 terminal; in a log (stderr not a terminal) it writes a single summary line
 when done, so logs hold no carriage returns or repeated lines.
+
+Quiet is the one switch for all of it: a command's ``--quiet`` sets it for
+the process (``set_quiet``), a library call's ``show_progress=False`` for
+the call (``quiet``); the code that reports progress never asks.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 REFRESH_S = 0.2  # the shortest time between two redraws of a progress line
 CLEAR_LINE = "\r\033[K"
-_quiet = False  # a command's --quiet: its process prints no status
+# A context variable, so that a quiet call in one thread silences no other.
+_quiet: ContextVar[bool] = ContextVar("picogpt2_quiet", default=False)
 
 
 def set_quiet(quiet: bool) -> None:
-    global _quiet
-    _quiet = quiet
+    """Status on (False) or off (True) from here on: a command's --quiet."""
+    _quiet.set(quiet)
+
+
+@contextmanager
+def quiet(silent: bool = True) -> Iterator[None]:
+    """No status inside the block when ``silent`` (a library call's
+    ``show_progress=False``)."""
+    token = _quiet.set(silent or _quiet.get())
+    try:
+        yield
+    finally:
+        _quiet.reset(token)
 
 
 def status(message: str, end: str = "\n") -> None:
     """A status line on stderr, unless quiet (see ``error``)."""
-    if not _quiet:
+    if not _quiet.get():
         error(message, end)
 
 

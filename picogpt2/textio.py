@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from picogpt2.errors import InputError, PicoGPT2Error
@@ -25,6 +26,15 @@ def decode_utf8(data: bytes, what: str) -> str:
         raise InputError(
             f"{what} is not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x})"
         ) from None
+
+
+def read_text_file(path: Path) -> str:
+    """A file's text, exactly as stored (UTF-8, strictly)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    return decode_utf8(data, str(path))
 
 
 def argument_text(arg: str, what: str) -> str:

@@ -22,33 +22,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-if __package__ in (None, ""):  # run as a file: python picogpt2/tokens.py
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from picogpt2.cli import (  # noqa: E402
-    Parser,
-    add_models_dir_argument,
-    folder_argument,
-    prog_name,
-    run_cli,
-)
-from picogpt2.download import fetch_vocabulary  # noqa: E402
-from picogpt2.encoder import (  # noqa: E402
-    ENDOFTEXT,
-    Encoder,
-    bytes_to_unicode,
-    has_vocabulary,
-    load_encoder,
-)
-from picogpt2.errors import InputError  # noqa: E402
-from picogpt2.locations import models_dir  # noqa: E402
-from picogpt2.textio import (  # noqa: E402
-    argument_text,
-    decode_utf8,
-    parse_ids,
-    read_stdin,
-    text_stdout,
-)
+from picogpt2.cli import Parser, add_models_dir_argument, folder_argument, prog_name, run_cli
+from picogpt2.encoder import ENDOFTEXT, Encoder, bytes_to_unicode, load_encoder
+from picogpt2.errors import InputError
+from picogpt2.loading import vocabulary_of
+from picogpt2.textio import argument_text, parse_ids, read_stdin, read_text_file, text_stdout
 
 SPELLING = bytes_to_unicode()  # byte -> its printable stand-in in the vocabulary files
 
@@ -82,24 +60,9 @@ def show_work(encoder: Encoder, text: str, out: TextIO) -> list[int]:
     return ids
 
 
-def vocabulary(args: argparse.Namespace) -> Encoder:
-    if args.vocab_dir is not None:
-        return load_encoder(args.vocab_dir)
-    folder = fetch_vocabulary(args.model_size, models_dir(args.models_dir))
-    if not has_vocabulary(folder):
-        raise InputError(
-            f"{folder}: no encoder.json there (nor vocab.json); name a folder with --vocab-dir"
-        )
-    return load_encoder(folder)
-
-
 def read_input(args: argparse.Namespace) -> str:
     if args.file is not None:
-        try:
-            data = args.file.read_bytes()
-        except OSError as e:
-            raise InputError(f"cannot read {args.file}: {e.strerror}") from None
-        return decode_utf8(data, str(args.file))
+        return read_text_file(args.file)
     if args.text is not None:
         return argument_text(args.text, "the text")
     return read_stdin("text")
@@ -155,7 +118,8 @@ def tokens(args: argparse.Namespace) -> int:
     if args.file is not None and args.text is not None:
         raise InputError("give the input as an argument or with --file, not both")
     out = text_stdout()
-    encoder = vocabulary(args)
+    folder = vocabulary_of(args.model_size, args.models_dir, args.vocab_dir, option="--vocab-dir")
+    encoder = load_encoder(folder)
     text = read_input(args)
     lines = text.splitlines() if args.jsonl else [text]
     for line in lines:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -126,6 +128,18 @@ def run(
         env=env,
         **kw,
     )
+
+
+def full_disk(limit: int):
+    """A ``preexec_fn`` under which the command cannot write a file past
+    ``limit`` bytes: writes fail with EFBIG ("File too large"), as on a full
+    disk they fail with ENOSPC, and neither names the file."""
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_file_size
 
 
 def text(stream: bytes) -> str:

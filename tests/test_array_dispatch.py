@@ -18,7 +18,8 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 from tiny import make_tiny_model
 
 from picogpt2.backend import Backend
-from picogpt2.model import GPT2, load_model, map_params
+from picogpt2.model import GPT2, load_model
+from picogpt2.params import map_params
 
 
 class StrictArray(NDArrayOperatorsMixin):

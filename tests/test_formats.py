@@ -4,16 +4,19 @@ out, OpenAI's layout out, and the conformance fixture."""
 import json
 import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 from mirror import one_line_error, run, text
 from tiny import make_tiny_model
 
-from picogpt2 import hf
+from picogpt2.formats import transformers as hf
+from picogpt2.formats.safetensors import WEIGHTS_FILE, read_tensors, write_tensors
+from picogpt2.loading import open_model
 from picogpt2.model import load_model
+from picogpt2.params import schema
 from picogpt2.sampling import SplitMix64
-from picogpt2.weights import WEIGHTS_FILE, write_safetensors
 
 IDS = [5, 17, 99, 3, 42, 8, 120, 7]
 
@@ -32,9 +35,7 @@ def ours(models):
 
 def checkpoint_tensors(model):
     """The model's weights under the checkpoint's names and shapes."""
-    from picogpt2.sources import open_source
-
-    return open_source("tiny", model.model_dir.parent, show_progress=False).tensors
+    return open_model("tiny", model.model_dir.parent).tensors
 
 
 # -- transformers folders, written by hand (no transformers needed) --------------
@@ -45,15 +46,15 @@ def hf_folder(root, model, *, dtype=np.float32, prefix=hf.PREFIX, bf16=False, ex
     folder = root / "hf"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(hf.config_json(model.hparams, 263)))
-    named = {}
-    for name, array in checkpoint_tensors(model).items():
-        key = prefix + hf.hf_name(name).removeprefix(hf.PREFIX)
-        named[key] = array.reshape(array.shape[-2:]) if name.endswith("/w") else array
+    named, tensors = {}, checkpoint_tensors(model)
+    for t in schema(model.hparams):
+        key = prefix + hf.hf_name(t).removeprefix(hf.PREFIX)
+        named[key] = tensors[t.name].reshape(t.tree_shape)
     named |= extra or {}
     if bf16:
         write_bf16(folder / WEIGHTS_FILE, named)
     else:
-        write_safetensors(folder / WEIGHTS_FILE, {k: v.astype(dtype) for k, v in named.items()},
+        write_tensors(folder / WEIGHTS_FILE, {k: v.astype(dtype) for k, v in named.items()},
                           {"format": "pt"})  # fmt: skip
     shutil.copyfile(model.model_dir / "encoder.json", folder / "vocab.json")
     shutil.copyfile(model.model_dir / "vocab.bpe", folder / "merges.txt")
@@ -85,7 +86,13 @@ def test_a_float32_transformers_folder_is_used_in_place(models, ours, tmp_path, 
     model = load_model("hf", tmp_path, show_progress=False)
     np.testing.assert_array_equal(model.logits(IDS), ours.logits(IDS))
     assert not (folder / hf.CACHE_FILE).exists()  # memory-mapped, nothing converted
-    assert isinstance(model.params["wte"].base, np.memmap) or model.params["wte"].base is not None
+    base = model.params["wte"]
+    while base.base is not None and not isinstance(base, np.memmap):
+        base = base.base
+    assert (
+        isinstance(base, np.memmap)
+        and Path(base.filename).resolve() == (folder / WEIGHTS_FILE).resolve()
+    )
 
 
 @pytest.mark.parametrize("kind", ["float16", "bfloat16"])
@@ -118,15 +125,13 @@ def test_half_precision_is_upcast_once_and_cached(ours, tmp_path, kind):
 
 def test_sharded_transformers_folder(ours, tmp_path):
     folder = hf_folder(tmp_path, ours)
-    from picogpt2.weights import read_safetensors
-
-    tensors = read_safetensors(folder / WEIGHTS_FILE)[0]
+    tensors = read_tensors(folder / WEIGHTS_FILE)[0]
     names = sorted(tensors)
     (folder / WEIGHTS_FILE).unlink()
     shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
               "model-00002-of-00002.safetensors": names[len(names) // 2 :]}  # fmt: skip
     for file, keys in shards.items():
-        write_safetensors(folder / file, {k: np.array(tensors[k]) for k in keys}, {"format": "pt"})
+        write_tensors(folder / file, {k: np.array(tensors[k]) for k in keys}, {"format": "pt"})
     index = {"weight_map": {k: file for file, keys in shards.items() for k in keys}}
     (folder / hf.INDEX_FILE).write_text(json.dumps(index))
     np.testing.assert_array_equal(load_model("hf", tmp_path).logits(IDS), ours.logits(IDS))
@@ -245,10 +250,8 @@ def test_export_round_trips_bit_exactly(models, ours, tmp_path, fmt, out):
     assert r.returncode == 0, text(r.stderr)
     back = load_model(out, tmp_path, encoder_dir=models / "tiny" if fmt == "llmc" else None,
                       show_progress=False)  # fmt: skip
-    mine, theirs = checkpoint_tensors(ours), None
-    from picogpt2.sources import open_source
-
-    theirs = open_source(out, tmp_path, encoder_dir=models / "tiny", show_progress=False).tensors
+    mine = checkpoint_tensors(ours)
+    theirs = open_model(out, tmp_path, encoder_dir=models / "tiny").tensors
     assert mine.keys() == theirs.keys()
     for name in mine:
         np.testing.assert_array_equal(np.asarray(theirs[name]), mine[name], err_msg=name)
@@ -301,9 +304,7 @@ def test_fixture_weights_follow_the_documented_formula(fixture_dir):
 def test_fixture_references_agree_with_each_format(fixture_dir, tmp_path, fmt):
     copy = tmp_path / "fx"
     shutil.copytree(fixture_dir, copy)
-    from picogpt2.weights import read_safetensors
-
-    reference = read_safetensors(copy / "reference.safetensors")[0]
+    reference = read_tensors(copy / "reference.safetensors")[0]
     model = load_model(fmt, copy, dtype="float64", show_progress=False)
     ids = reference["ids"].tolist()
     trace = model.trace(ids, detail=True)

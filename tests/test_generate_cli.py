@@ -9,6 +9,7 @@ import pytest
 from tiny import make_tiny_model
 
 from picogpt2.backend import BackendError, get_backend
+from picogpt2.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,8 +60,12 @@ def test_prompt_from_stdin(models):
 
 
 def test_empty_prompt_starts_from_endoftext(models):
-    r = run("", "--n-tokens", "3", *tiny_args(models))
+    r = run("", "--n-tokens", "3", "--ignore-eot", *tiny_args(models))
     assert r.returncode == 0, r.stderr
+    model = load_model("tiny", models, show_progress=False)
+    expected = model.encoder.decode(model.generate([model.encoder.eot_token], 3, ignore_eot=True))
+    assert r.stdout == expected + "\n"
+    assert model.complete("", 3, ignore_eot=True) == [expected]  # the library: one rule
 
 
 def test_zero_tokens_prints_the_prompt(models):

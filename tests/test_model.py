@@ -3,8 +3,9 @@ import pytest
 from tiny import make_tiny_model
 
 from picogpt2 import gpt2
+from picogpt2.errors import WeightsError
 from picogpt2.model import load_model
-from picogpt2.weights import WeightsError
+from picogpt2.trace import Trace
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +44,15 @@ def test_layer_norm_uses_biased_variance_and_eps_inside_sqrt():
 def test_attention_is_causal():
     rng = np.random.default_rng(0)
     q, k, v = rng.standard_normal((3, 2, 5, 4))
-    out, probs = gpt2.attention(q, k, v)
-    assert np.allclose(np.triu(probs[0], 1), 0) and np.allclose(probs.sum(-1), 1)
+    trace = Trace()
+    out = gpt2.attention(q, k, v, trace)
+    probs = trace.arrays["attn"]
+    assert (np.triu(probs[0], 1) == 0).all() and np.allclose(probs.sum(-1), 1)
+    np.testing.assert_allclose(out, probs @ v, rtol=1e-14)
     # Changing a later position never changes an earlier output.
     k2, v2 = k.copy(), v.copy()
     k2[:, 3:], v2[:, 3:] = 9.0, 9.0
-    out2, _ = gpt2.attention(q, k2, v2)
+    out2 = gpt2.attention(q, k2, v2)
     np.testing.assert_allclose(out[:, :3], out2[:, :3])
 
 

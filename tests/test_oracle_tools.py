@@ -8,7 +8,7 @@ import pytest
 from mirror import one_line_error, run, text
 from tiny import make_tiny_model
 
-from picogpt2 import score
+from picogpt2 import scoring
 from picogpt2.model import load_model
 
 
@@ -85,12 +85,12 @@ def test_score_short_text_by_hand(models):
     model = load_model("tiny", models)
     ids = [5, 9, 11, 40, 2]
     np.testing.assert_allclose(
-        score.sliding_window_nll(model, ids, 8), by_hand_nll(model, ids), rtol=1e-12
+        scoring.sliding_window_nll(model, ids, 8), by_hand_nll(model, ids), rtol=1e-12
     )
 
 
 def test_token_nll_uniform_logits():
-    nll = score.token_nlls(np.zeros((3, 4), np.float32), np.array([0, 1, 3]))
+    nll = scoring.token_nlls(np.zeros((3, 4), np.float32), np.array([0, 1, 3]))
     np.testing.assert_allclose(nll, [math.log(4)] * 3)
 
 
@@ -98,7 +98,7 @@ def test_token_nll_uniform_logits():
 def test_sliding_window_scores_each_token_once_with_its_window(models, stride):
     model = load_model("tiny", models)
     ids = list(np.random.default_rng(0).integers(0, 264, 45))  # ~3x n_ctx
-    got = score.sliding_window_nll(model, ids, stride)
+    got = scoring.sliding_window_nll(model, ids, stride)
     assert len(got) == len(ids) - 1
     # Brute force: token t is scored in the first window [b, b + 16) that
     # holds it after its first position, with that window as context.
@@ -113,7 +113,7 @@ def test_sliding_window_scores_each_token_once_with_its_window(models, stride):
 def test_stride_of_n_ctx_skips_each_window_start_like_transformers(models):
     model = load_model("tiny", models)
     ids = list(np.random.default_rng(1).integers(0, 264, 40))
-    got = score.sliding_window_nll(model, ids, 16)
+    got = scoring.sliding_window_nll(model, ids, 16)
     expected = [
         *by_hand_nll(model, ids[:16]),
         *by_hand_nll(model, ids[16:32]),
@@ -133,7 +133,7 @@ def test_score_command_json(models, tmp_path):
     assert {"tokens", "nll", "perplexity", "bits_per_byte"} <= result.keys()
     model = load_model("tiny", models)
     ids = model.encoder.encode(text_)
-    nll = score.sliding_window_nll(model, ids, 8)
+    nll = scoring.sliding_window_nll(model, ids, 8)
     assert result["tokens"] == len(ids)
     assert result["nll"] == pytest.approx(nll.mean())
     assert result["perplexity"] == pytest.approx(math.exp(nll.mean()))

@@ -1,6 +1,8 @@
-"""The package's structure: no module imports another that imports it back,
-and every error picogpt2 raises on purpose derives from ``PicoGPT2Error``,
-the one class the commands catch."""
+"""The package's structure, as the README's "how the code is laid out"
+states it: no import cycles; the forward pass imports only its own state;
+commands are leaves (nothing imports one, and only they and the shared CLI
+helper know argparse); and every error picogpt2 raises on purpose derives
+from ``PicoGPT2Error``, the one class the commands catch."""
 
 import ast
 import importlib
@@ -11,36 +13,50 @@ import picogpt2
 from picogpt2.errors import PicoGPT2Error
 
 PACKAGE = Path(picogpt2.__file__).parent
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
 
 
-def imported_modules(module: str) -> set[str]:
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+COMMANDS = {name for name, path in MODULES.items() if "\ndef main(" in path.read_text()}
+
+
+def imports(module: str) -> set[str]:
     """picogpt2 modules that ``module`` imports anywhere (top level, inside
-    functions, or only for type checkers), by name."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+    functions, or only for type checkers), as dotted names."""
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            # `from package import module` imports that module; names that are
+            # not modules come from the package itself.
+            inner = [f"{node.module}.{a.name}" for a in node.names]
+            names = [n for n in inner if n in MODULES] or [node.module]
+            if len(names) < len(inner):
+                names.append(node.module)
         else:
             continue
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "picogpt2" and len(parts) > 1 and parts[1] in MODULES:
-                found.add(parts[1])
+        found |= {name for name in names if name in MODULES}
     found.discard(module)
     return found
 
 
-def test_no_import_cycles():
-    graph = {m: imported_modules(m) for m in MODULES}
-    assert graph["gpt2"] == set(), "the model imports nothing of picogpt2's"
-    assert graph["errors"] == set() and graph["hparams"] <= {"errors"}
+GRAPH = {module: imports(module) for module in MODULES}
 
+
+def test_the_commands_are_the_ones_the_readme_names():
+    names = {"generate", "download", "dump", "score", "compare", "tokens", "export", "fixture"}
+    assert COMMANDS == {f"picogpt2.{name}" for name in names}
+
+
+def test_no_import_cycles():
     def path_back(start: str, node: str, seen: tuple[str, ...]) -> tuple[str, ...] | None:
-        for nxt in graph[node]:
+        for nxt in GRAPH[node]:
             if nxt == start:
                 return (*seen, nxt)
             if nxt not in seen:
@@ -54,12 +70,40 @@ def test_no_import_cycles():
         assert cycle is None, " -> ".join(cycle)
 
 
-def test_every_error_class_derives_from_the_one_base():
-    errors = []
-    for module in MODULES:
-        if module == "__init__":
+def test_the_forward_pass_imports_only_its_own_state():
+    assert GRAPH["picogpt2.gpt2"] == {"picogpt2.kvcache", "picogpt2.trace"}
+    assert GRAPH["picogpt2.kvcache"] == GRAPH["picogpt2.trace"] == set()
+    assert GRAPH["picogpt2.errors"] == set() and GRAPH["picogpt2.hparams"] <= {"picogpt2.errors"}
+
+
+def test_commands_are_leaves():
+    for module, imported in GRAPH.items():
+        assert not imported & COMMANDS, f"{module} imports the command {imported & COMMANDS}"
+
+
+def test_only_commands_and_the_cli_helper_know_argparse():
+    for module, path in MODULES.items():
+        if module in COMMANDS or module == "picogpt2.cli":
             continue
-        loaded = importlib.import_module(f"picogpt2.{module}")
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)
+                 for a in node.names} | {node.module for node in ast.walk(tree)
+                                         if isinstance(node, ast.ImportFrom)}  # fmt: skip
+        assert "argparse" not in names, module
+
+
+def test_only_generate_runs_as_a_file():
+    # `python picogpt2/generate.py` is documented; every other command runs with -m.
+    for module, path in MODULES.items():
+        text = path.read_text(encoding="utf-8")
+        runs_as_file = "__package__ in (None, " in text or "noqa: E402" in text
+        assert runs_as_file == (module == "picogpt2.generate"), module
+
+
+def test_every_error_class_derives_from_the_one_base():
+    errors = {}
+    for module in MODULES:
+        loaded = importlib.import_module(module)
         for name, value in vars(loaded).items():
             if (
                 inspect.isclass(value)
@@ -67,8 +111,11 @@ def test_every_error_class_derives_from_the_one_base():
                 and value.__module__ == loaded.__name__
                 and not name.startswith("_")  # private control flow, never escapes
             ):
-                errors.append(value)
-    assert len(errors) >= 8
-    assert all(issubclass(e, PicoGPT2Error) for e in errors), [
-        e.__name__ for e in errors if not issubclass(e, PicoGPT2Error)
+                errors[name] = value
+    # The errors the README and the code's users meet, each found by this walk.
+    assert {"InputError", "WeightsError", "FormatError", "DamagedWeightsError", "DownloadError",
+            "CheckpointError", "HParamsError", "EncoderFileError", "UnknownTokenError",
+            "BackendError"} <= errors.keys()  # fmt: skip
+    assert all(issubclass(e, PicoGPT2Error) for e in errors.values()), [
+        name for name, e in errors.items() if not issubclass(e, PicoGPT2Error)
     ]

@@ -11,18 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mirror import ROOT, Mirror, catalogue_env, one_line_error, run, text
+from mirror import ROOT, Mirror, catalogue_env, full_disk, one_line_error, run, text
 from tiny import make_tiny_model
 
-from picogpt2.download import SHARD_FILE
-from picogpt2.weights import WEIGHTS_FILE, convert
+from picogpt2.formats import openai
+from picogpt2.formats.safetensors import WEIGHTS_FILE
+from picogpt2.releases import SHARD_FILE
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     make_tiny_model(root / "tiny", n_ctx=64)
-    convert(root / "tiny", keep_original=True, show_progress=False)
+    openai.read(root / "tiny")  # converted once, the checkpoint kept
     return root
 
 
@@ -254,13 +255,21 @@ def test_dump_id_beyond_64_bits(models, tmp_path):
 
 
 def test_dump_to_a_full_disk_names_the_file(models, tmp_path):
-    if not Path("/dev/full").exists():
-        pytest.skip("needs /dev/full")
     out = tmp_path / "ref.npz"
-    (tmp_path / "ref.npz.tmp").symlink_to("/dev/full")
+    r = run("dump", "--ids", "1,2", "--out", str(out), *tiny(models), preexec_fn=full_disk(2000))
+    one_line_error(r, 1, str(out), "File too large")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, no temporary file
+
+
+def test_a_temporary_file_that_is_a_link_is_never_written_through(models, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"someone's file")
+    out = tmp_path / "ref.npz"
+    (tmp_path / "ref.npz.tmp").symlink_to(elsewhere)
     r = run("dump", "--ids", "1,2", "--out", str(out), *tiny(models))
-    one_line_error(r, 1, "ref.npz", "No space left on device")
-    assert not out.exists()
+    assert r.returncode == 0, text(r.stderr)
+    assert elsewhere.read_bytes() == b"someone's file"
+    assert not out.is_symlink() and sorted(np.load(out).files)[:2] == ["hidden", "ids"]
 
 
 # -- the audit's other findings ------------------------------------------
@@ -309,8 +318,9 @@ def test_stderr_closed_keeps_status_off_stdout(models):
     assert r.stdout.startswith(b"hi") and b"loading" not in r.stdout
 
 
-def test_read_only_folder_with_only_a_checkpoint(tmp_path):
+def test_read_only_folder_with_only_a_checkpoint_is_converted_in_memory(tmp_path):
     folder = make_tiny_model(tmp_path / "ro" / "tiny")
+    before = sorted(p.name for p in folder.iterdir())
     # Root writes through permission bits, not through the immutable flag.
     lock = ["chattr", "+i", str(folder)] if os.geteuid() == 0 else None
     if lock and subprocess.run(lock, capture_output=True).returncode != 0:
@@ -318,12 +328,17 @@ def test_read_only_folder_with_only_a_checkpoint(tmp_path):
     if not lock:
         os.chmod(folder, 0o555)
     try:
-        r = run("generate", "hi", "--model-size", "tiny", "--models-dir", str(folder.parent))
+        runs = [run("generate", "the cat", "--model-size", "tiny", "--models-dir",
+                    str(folder.parent), "--n-tokens", "4") for _ in range(2)]  # fmt: skip
     finally:
         if lock:
             subprocess.run(["chattr", "-i", str(folder)], check=True)
         os.chmod(folder, 0o755)
-    one_line_error(r, 1, "is read-only", "copy the folder into a writable models folder")
+    for r in runs:
+        assert r.returncode == 0, text(r.stderr)
+        assert "cannot be written: converting" in text(r.stderr)  # said at every load
+    assert runs[0].stdout == runs[1].stdout and runs[0].stdout.startswith(b"the cat")
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written there
 
 
 def test_default_models_folder_does_not_depend_on_the_working_directory(models, tmp_path):

@@ -1,23 +1,25 @@
+"""OpenAI's checkpoint converted once into model.safetensors (formats.openai
+through formats.cache), and the safetensors file itself."""
+
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from tiny import make_tiny_model, tiny_tensors
 
-from picogpt2.checkpoint import write_tf_checkpoint
 from picogpt2.crc32c import crc32c
-from picogpt2.weights import (
+from picogpt2.errors import WeightsError
+from picogpt2.formats import cache, openai
+from picogpt2.formats.safetensors import (
     WEIGHTS_FILE,
     DamagedWeightsError,
-    WeightsError,
-    convert,
-    is_converted,
-    load_weights,
-    read_safetensors,
-    verify_weights,
-    write_safetensors,
+    read_tensors,
+    verify,
+    write_tensors,
 )
+from picogpt2.formats.tf_bundle import write_tf_checkpoint
 
 
 @pytest.fixture
@@ -29,108 +31,118 @@ def hparams(folder):
     return json.loads((folder / "hparams.json").read_text())
 
 
+def tensors_of(folder):
+    return openai.read(folder)[1]
+
+
 def test_conversion_keeps_names_shapes_and_values(tiny):
     expected = tiny_tensors(hparams(tiny))
-    convert(tiny, keep_original=True)
-    tensors = load_weights(tiny)
+    tensors = tensors_of(tiny)
     assert tensors.keys() == expected.keys()
     for name, array in expected.items():
         np.testing.assert_array_equal(tensors[name], array)
         assert tensors[name].dtype == np.float32
+    assert (tiny / "model.ckpt.data-00000-of-00001").exists()  # the user's files are kept
 
 
-def test_loaded_weights_are_memory_mapped_and_aligned(tiny):
-    convert(tiny)
-    tensors = load_weights(tiny)
+def test_loaded_weights_are_memory_mapped_read_only_and_aligned(tiny):
+    tensors = tensors_of(tiny)
     wte = tensors["model/wte"]
-    assert isinstance(wte.base, np.memmap) or isinstance(wte, np.memmap)
+    base = wte
+    while base.base is not None and not isinstance(base, np.memmap):
+        base = base.base
+    assert isinstance(base, np.memmap)
+    assert Path(base.filename).resolve() == (tiny / WEIGHTS_FILE).resolve()
     assert not wte.flags.writeable
     assert all(t.ctypes.data % 64 == 0 for t in tensors.values() if t.size)
 
 
-def test_shard_removed_after_conversion_unless_kept(tmp_path):
-    kept = make_tiny_model(tmp_path / "kept")
-    convert(kept, keep_original=True)
-    assert (kept / "model.ckpt.data-00000-of-00001").exists()
-    removed = make_tiny_model(tmp_path / "removed")
-    convert(removed)
-    assert not (removed / "model.ckpt.data-00000-of-00001").exists()
-    assert is_converted(removed)  # the index stays as the record
-    assert load_weights(removed)["model/wte"].shape[1] == 16
-
-
-def test_conversion_is_idempotent(tiny):
-    path = convert(tiny, keep_original=True)
-    stamp = path.stat().st_mtime_ns
-    convert(tiny, keep_original=True)
-    assert path.stat().st_mtime_ns == stamp
+def test_conversion_is_done_once(tiny):
+    tensors_of(tiny)
+    stamp = (tiny / WEIGHTS_FILE).stat().st_mtime_ns
+    assert openai.is_converted(tiny)
+    tensors_of(tiny)
+    assert (tiny / WEIGHTS_FILE).stat().st_mtime_ns == stamp
 
 
 def test_stale_conversion_is_redone(tiny):
-    convert(tiny, keep_original=True)
+    tensors_of(tiny)
     new = tiny_tensors(hparams(tiny), seed=7)
     write_tf_checkpoint(tiny / "model.ckpt", new)  # a fine-tune written over it
-    assert not is_converted(tiny)
-    np.testing.assert_array_equal(load_weights(tiny)["model/wte"], new["model/wte"])
+    assert not openai.is_converted(tiny)
+    np.testing.assert_array_equal(tensors_of(tiny)["model/wte"], new["model/wte"])
+
+
+def test_a_conversion_by_an_older_picogpt2_is_still_used(tiny):
+    tensors = {k: np.array(v) for k, v in tensors_of(tiny).items()}
+    _, metadata = read_tensors(tiny / WEIGHTS_FILE)
+    old = {k: v for k, v in metadata.items() if k != cache.FINGERPRINT_KEY}
+    old[cache.LEGACY_FINGERPRINT_KEY] = metadata[cache.FINGERPRINT_KEY]
+    write_tensors(tiny / WEIGHTS_FILE, tensors, old)
+    (tiny / "model.ckpt.data-00000-of-00001").unlink()  # as a download leaves it
+    assert openai.is_converted(tiny)
+    np.testing.assert_array_equal(tensors_of(tiny)["model/wpe"], tensors["model/wpe"])
 
 
 def test_a_truncated_conversion_is_reported_as_damaged_never_replaced(tiny):
     # The writer renames only a complete file, so a short one was damaged
-    # after it was written: say so (the commands add how to mend it).
-    convert(tiny, keep_original=True)
+    # after it was written: say so, with the way to mend it.
+    tensors_of(tiny)
     path = tiny / WEIGHTS_FILE
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    for check in (is_converted, load_weights):
+    for check in (openai.is_converted, openai.read):
         with pytest.raises(DamagedWeightsError, match=f"{path} is damaged: .* header describes"):
             check(tiny)
+    with pytest.raises(DamagedWeightsError, match="converts the checkpoint beside it again"):
+        openai.read(tiny)
     assert path.read_bytes() == data[: len(data) // 2]  # left for the user to see
 
 
-def test_interrupted_conversion_leaves_no_file_that_loads(tiny, monkeypatch):
-    import picogpt2.weights as weights
+def test_a_file_picogpt2_did_not_write_is_never_replaced(tiny):
+    theirs = {"x": np.ones(3, np.float32)}
+    write_tensors(tiny / WEIGHTS_FILE, theirs, {"format": "pt"})
+    with pytest.raises(WeightsError, match="not a conversion picogpt2 made, so it is not replaced"):
+        openai.read(tiny)
+    assert read_tensors(tiny / WEIGHTS_FILE)[0].keys() == {"x"}
 
+
+def test_interrupted_conversion_leaves_no_file_that_loads(tiny, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(weights, "read_tf_checkpoint", interrupted)
+    monkeypatch.setattr(openai, "read_tf_checkpoint", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        convert(tiny, keep_original=True, show_progress=False)
-    assert not (tiny / WEIGHTS_FILE).exists() and not is_converted(tiny)
+        openai.read(tiny)
+    assert not (tiny / WEIGHTS_FILE).exists() and not openai.is_converted(tiny)
+    assert sorted(p.name for p in tiny.iterdir() if p.name.endswith(".tmp")) == []
 
 
 def test_conversion_records_each_tensors_crc32c_and_verify_checks_it(tiny):
-    convert(tiny, keep_original=True, show_progress=False)
-    assert verify_weights(tiny) == len(load_weights(tiny))
-    _, metadata = read_safetensors(tiny / WEIGHTS_FILE)
+    tensors = tensors_of(tiny)
+    assert verify(tiny / WEIGHTS_FILE) == len(tensors)
+    _, metadata = read_tensors(tiny / WEIGHTS_FILE)
     crcs = json.loads(metadata["crc32c"])
-    wte = load_weights(tiny)["model/wte"]
-    assert int(crcs["model/wte"], 16) == crc32c(wte.tobytes())
+    assert int(crcs["model/wte"], 16) == crc32c(tensors["model/wte"].tobytes())
 
 
 def test_leftover_temporary_file_is_ignored(tiny):
     (tiny / (WEIGHTS_FILE + ".tmp")).write_bytes(b"partial")
-    assert not is_converted(tiny)
-    assert load_weights(tiny)["model/wpe"].shape == (64, 16)
+    assert not openai.is_converted(tiny)
+    assert tensors_of(tiny)["model/wpe"].shape == (64, 16)
 
 
 def test_failed_write_leaves_nothing(tmp_path):
     path = tmp_path / WEIGHTS_FILE
     with pytest.raises(KeyError):  # bool has no safetensors dtype name here
-        write_safetensors(path, {"ok": np.ones(3, np.float32), "bad": np.ones(2, bool)}, {})
+        write_tensors(path, {"ok": np.ones(3, np.float32), "bad": np.ones(2, bool)}, {})
     assert os.listdir(tmp_path) == []
-
-
-def test_folder_without_weights_is_clear(tmp_path):
-    with pytest.raises(WeightsError, match="no model.safetensors and no TensorFlow checkpoint"):
-        load_weights(tmp_path)
 
 
 def test_safetensors_is_readable_by_the_safetensors_package(tiny):
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
-    convert(tiny, keep_original=True)
+    ours = tensors_of(tiny)
     theirs = safetensors_numpy.load_file(str(tiny / WEIGHTS_FILE))
-    ours = load_weights(tiny)
     assert theirs.keys() == ours.keys()
     for name in ours:
         np.testing.assert_array_equal(theirs[name], ours[name])

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from picogpt2.checkpoint import write_tf_checkpoint
 from picogpt2.encoder import bytes_to_unicode
+from picogpt2.formats.tf_bundle import write_tf_checkpoint
+from picogpt2.hparams import HParams
+from picogpt2.params import schema
 
 # A small merge list over the byte alphabet, enough to exercise BPE.
 MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n")]
@@ -24,29 +26,13 @@ def vocab_files() -> tuple[dict[str, int], str]:
 
 
 def tiny_tensors(hparams: dict, seed: int = 0, scale: float = 0.2) -> dict[str, np.ndarray]:
-    """Random float32 tensors named and shaped exactly like OpenAI's."""
+    """Random float32 tensors named and shaped exactly like OpenAI's (the
+    schema's order); layer norm gains around 1."""
     rng = np.random.default_rng(seed)
-    n_embd, n_vocab, n_ctx = hparams["n_embd"], hparams["n_vocab"], hparams["n_ctx"]
-
-    def rand(*shape):
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-    tensors = {"model/wte": rand(n_vocab, n_embd), "model/wpe": rand(n_ctx, n_embd)}
-    tensors["model/ln_f/g"] = 1 + rand(n_embd)
-    tensors["model/ln_f/b"] = rand(n_embd)
-    for i in range(hparams["n_layer"]):
-        p = f"model/h{i}"
-        for norm in ("ln_1", "ln_2"):
-            tensors[f"{p}/{norm}/g"] = 1 + rand(n_embd)
-            tensors[f"{p}/{norm}/b"] = rand(n_embd)
-        for name, n_in, n_out in [
-            ("attn/c_attn", n_embd, 3 * n_embd),
-            ("attn/c_proj", n_embd, n_embd),
-            ("mlp/c_fc", n_embd, 4 * n_embd),
-            ("mlp/c_proj", 4 * n_embd, n_embd),
-        ]:
-            tensors[f"{p}/{name}/w"] = rand(1, n_in, n_out)
-            tensors[f"{p}/{name}/b"] = rand(n_out)
+    tensors = {}
+    for t in schema(HParams(**hparams)):
+        values = (rng.standard_normal(t.shape) * scale).astype(np.float32)
+        tensors[t.name] = 1 + values if t.leaf == "g" else values
     return tensors
 
 

@@ -1,5 +1,6 @@
 """TensorFlow checkpoints (the "tensor bundle" format), read and written with
-NumPy and the standard library alone.
+NumPy and the standard library alone: the files under OpenAI's layout
+(``openai.py`` is the format; this is how its checkpoint is stored).
 
 A checkpoint ``PREFIX`` is two kinds of file:
 

@@ -1,0 +1,103 @@
+"""Dumps: the activations of a forward pass (and of a decoding) as files,
+for people testing their own GPT-2 against ours. ``dump`` writes them,
+``compare`` reads two and judges, the conformance fixture ships one.
+
+A dump is a flat set of named arrays (``activations.py`` lists the keys and
+where in the math each is taken) in one of three formats: ``npz``,
+``safetensors`` (a C or Rust reader needs only to parse a JSON header) or
+``npy-dir`` (a folder of ``KEY.npy`` and ``metadata.json``). Every format
+is written whole or not at all, and nothing read is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from picogpt2.atomic import atomic_folder, atomic_write
+from picogpt2.errors import InputError, WeightsError
+from picogpt2.formats.safetensors import read_tensors, write_tensors
+from picogpt2.generation import Settings, generate_many
+from picogpt2.model import GPT2
+from picogpt2.scoring import log_softmax
+
+FORMATS = ("npz", "safetensors", "npy-dir")
+TOP = 5  # the most likely ids recorded per generated token
+
+Dump = dict[str, np.ndarray]
+
+
+def generation_record(model: GPT2, ids: list[int], n_tokens: int, settings: Settings) -> Dump:
+    """Decode ``n_tokens`` ids (past <|endoftext|>: a fixed length), then one
+    forward pass over the prompt and them (teacher forcing) gives, per step,
+    the chosen id's log-probability, the five most likely ids and the gap
+    between the two largest logits: reproducible from the ids alone."""
+    n_ctx = model.hparams.n_ctx
+    if len(ids) + n_tokens - 1 > n_ctx:
+        raise InputError(
+            f"--generate {n_tokens}: the prompt ({len(ids)} tokens) and the new ids must fit in "
+            f"the context of {n_ctx}"
+        )
+    new = generate_many(model, ids, n_tokens, 1, replace(settings, ignore_eot=True))[0]
+    logits = model.logits(ids + new[:-1])[len(ids) - 1 :].astype(np.float64)  # [N, n_vocab]
+    logprobs = log_softmax(logits)
+    best = np.argsort(-logits, axis=-1, kind="stable")[:, :TOP]
+    chosen = np.asarray(new, dtype=np.int64)
+    two = np.take_along_axis(logits, best[:, :2], axis=-1)
+    return {
+        "gen_ids": chosen,
+        "gen_logprob": logprobs[np.arange(len(new)), chosen],
+        "gen_top_ids": best.astype(np.int64),
+        "gen_top_logprobs": np.take_along_axis(logprobs, best, axis=-1),
+        "gen_top_logits": np.take_along_axis(logits, best, axis=-1).astype(model.dtype),
+        "gen_gap": two[:, 0] - two[:, 1],
+    }
+
+
+def output_format(out: Path, given: str | None) -> str:
+    """The format asked for, or what ``out``'s name says: .npz,
+    .safetensors, or a folder."""
+    if given:
+        return given
+    if out.suffix in (".npz", ".safetensors"):
+        return out.suffix[1:]
+    if not out.suffix:
+        return "npy-dir"
+    raise InputError(f"--out {out}: name a .npz or .safetensors file or a folder, or give --format")
+
+
+def save_dump(out: Path, arrays: Dump, fmt: str, metadata: dict[str, str]) -> None:
+    """Write atomically: a half-written dump never takes the final name."""
+    if fmt == "safetensors":
+        write_tensors(out, {k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata)
+    elif fmt == "npz":
+        with atomic_write(out) as f:
+            np.savez(f, **arrays)
+    else:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise InputError(f"--out {out} exists and is not an empty folder: name a new one")
+        with atomic_folder(out) as folder:
+            for key, array in arrays.items():
+                np.save(folder / f"{key}.npy", array, allow_pickle=False)
+            (folder / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
+
+
+def load_dump(path: Path) -> Dump:
+    """The arrays of a dump in any of the formats. Nothing is unpickled."""
+    try:
+        if path.is_dir():
+            files = sorted(path.glob("*.npy"))
+            if not files:
+                raise InputError(f"{path}: a folder with no .npy files")
+            return {f.stem: np.load(f, allow_pickle=False) for f in files}
+        if path.suffix == ".safetensors":
+            return dict(read_tensors(path)[0])
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file or folder") from None
+    except (OSError, ValueError, WeightsError) as e:
+        raise InputError(f"{path}: not a dump picogpt2 can read ({e})") from None

@@ -1,0 +1,135 @@
+"""The parameter schema: every tensor of a GPT-2, once.
+
+For given hyperparameters, ``schema`` lists each tensor with its name in
+OpenAI's checkpoint (``model/h3/attn/c_attn/w``), its shape there
+([1, n_embd, 3*n_embd]: linear weights are [1, in, out], as OpenAI stored
+them) and its place in the tree the forward pass reads (``blocks[3]["attn"]
+["c_attn"]["w"]``, [n_embd, 3*n_embd]). Every other spelling is derived
+from it: transformers' names (``formats/transformers.py``), llm.c's layout
+(``formats/llmc.py``), the fixture's draw order and the test helpers.
+
+    model/wte                [n_vocab, n_embd]     token embeddings; the output head too
+    model/wpe                [n_ctx, n_embd]       position embeddings
+    model/ln_f/{g,b}         [n_embd]              the final layer norm
+    model/h{i}/ln_1/{g,b}    [n_embd]              block i: layer norm before attention
+    model/h{i}/ln_2/{g,b}    [n_embd]              layer norm before the MLP
+    model/h{i}/attn/c_attn/{w,b}  [1, n_embd, 3*n_embd], [3*n_embd]   q, k, v in one
+    model/h{i}/attn/c_proj/{w,b}  [1, n_embd, n_embd], [n_embd]       attention output
+    model/h{i}/mlp/c_fc/{w,b}     [1, n_embd, 4*n_embd], [4*n_embd]   MLP expansion
+    model/h{i}/mlp/c_proj/{w,b}   [1, 4*n_embd, n_embd], [n_embd]     MLP projection
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from picogpt2.errors import WeightsError
+from picogpt2.gpt2 import Params
+from picogpt2.hparams import HParams
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One parameter. ``module`` is its path below the model or its block
+    (``"attn/c_attn"``), ``leaf`` what it is there: ``w`` or ``b`` of a
+    linear layer, ``g`` or ``b`` of a layer norm, or ``""`` for an
+    embedding; ``layer`` is its block, None outside the blocks."""
+
+    module: str
+    leaf: str
+    layer: int | None
+    shape: tuple[int, ...]  # as stored in OpenAI's checkpoint
+
+    @property
+    def name(self) -> str:
+        """Its name in OpenAI's checkpoint: ``model/h3/attn/c_attn/w``."""
+        block = "" if self.layer is None else f"h{self.layer}/"
+        return f"model/{block}{self.module}" + (f"/{self.leaf}" if self.leaf else "")
+
+    @property
+    def tree_shape(self) -> tuple[int, ...]:
+        """Its shape in the tree: a linear weight without OpenAI's leading 1."""
+        return self.shape[1:] if self.leaf == "w" else self.shape
+
+
+def block_schema(h: HParams, layer: int) -> list[Tensor]:
+    """Block ``layer``'s tensors, in the checkpoint's order."""
+    e = h.n_embd
+    linears = [("attn/c_attn", e, 3 * e), ("attn/c_proj", e, e),
+               ("mlp/c_fc", e, 4 * e), ("mlp/c_proj", 4 * e, e)]  # fmt: skip
+    tensors = [Tensor(norm, leaf, layer, (e,)) for norm in ("ln_1", "ln_2") for leaf in "gb"]
+    for module, n_in, n_out in linears:
+        tensors += [Tensor(module, "w", layer, (1, n_in, n_out)),
+                    Tensor(module, "b", layer, (n_out,))]  # fmt: skip
+    return tensors
+
+
+def schema(h: HParams) -> list[Tensor]:
+    """Every tensor of a GPT-2 with these hyperparameters: the embeddings,
+    the final layer norm, then each block's (the fixture draws its weights
+    in this order)."""
+    e = h.n_embd
+    tensors = [Tensor("wte", "", None, (h.n_vocab, e)), Tensor("wpe", "", None, (h.n_ctx, e)),
+               Tensor("ln_f", "g", None, (e,)), Tensor("ln_f", "b", None, (e,))]  # fmt: skip
+    for i in range(h.n_layer):
+        tensors += block_schema(h, i)
+    return tensors
+
+
+def tensor_shapes(h: HParams) -> dict[str, tuple[int, ...]]:
+    """Checkpoint name -> shape, for every tensor of ``schema``."""
+    return {t.name: t.shape for t in schema(h)}
+
+
+def check_tensors(tensors: dict[str, np.ndarray], hparams: HParams, where: Path) -> None:
+    """The weights are exactly the tensors the hyperparameters describe: no
+    block missing or left over, every shape as its sizes say, floats."""
+    expected = tensor_shapes(hparams)
+    problem = None
+    extra = sorted(tensors.keys() - expected.keys())
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        problem = f"{missing[0]} is missing"
+    elif extra:
+        problem = f"{extra[0]} is left over"
+    else:
+        for name, shape in expected.items():
+            actual = tensors[name]
+            if actual.shape != shape:
+                problem = f"{name} is {list(actual.shape)}, where they need {list(shape)}"
+                break
+            if actual.dtype.kind != "f":
+                problem = f"{name} holds {actual.dtype}, not floats"
+                break
+    if problem:
+        sizes = ", ".join(f"{k} {v}" for k, v in hparams.as_dict().items())
+        raise WeightsError(
+            f"the hyperparameters of {where} ({sizes}) do not match its weights: {problem}"
+        )
+
+
+def params_from_tensors(tensors: dict[str, np.ndarray], hparams: HParams) -> Params:
+    """The checkpoint's flat names -> the tree the model reads, e.g.
+    ``model/h3/attn/c_attn/w`` [1, n_embd, 3*n_embd] -> ``blocks[3]["attn"]
+    ["c_attn"]["w"]`` [n_embd, 3*n_embd] (a view: nothing is copied)."""
+    params: Params = {"blocks": [{} for _ in range(hparams.n_layer)]}
+    for t in schema(hparams):
+        node = params if t.layer is None else params["blocks"][t.layer]
+        *modules, last = t.module.split("/") + ([t.leaf] if t.leaf else [])
+        for module in modules:
+            node = node.setdefault(module, {})
+        node[last] = tensors[t.name].reshape(t.tree_shape)
+    return params
+
+
+def map_params(params: Params, fn: Callable[[np.ndarray], np.ndarray]) -> Params:
+    """Apply ``fn`` to every array of the tree."""
+    if isinstance(params, dict):
+        return {k: map_params(v, fn) for k, v in params.items()}
+    if isinstance(params, list):
+        return [map_params(v, fn) for v in params]
+    return fn(params)

@@ -1,0 +1,95 @@
+"""Log-probabilities of text under GPT-2: the log-softmax that scores and
+dumps report, and perplexity with transformers' sliding window.
+
+Texts longer than n_ctx are scored as transformers' perplexity guide does,
+so the numbers compare with published ones: windows of n_ctx tokens start
+every ``stride`` tokens; each token is scored once, in the first window
+that reaches it, with the context that window gives it. The first token of
+the text has no context and is not scored (nor, with a stride of n_ctx, the
+first token of each window).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from picogpt2.errors import InputError
+from picogpt2.model import GPT2
+from picogpt2.status import Progress
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log(softmax) over the last axis, in float64 (not part of the forward
+    pass: what scores and dumps report)."""
+    z = logits.astype(np.float64)
+    top = np.max(z, axis=-1, keepdims=True)
+    return z - top - np.log(np.sum(np.exp(z - top), axis=-1, keepdims=True))
+
+
+def token_nlls(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """-log softmax(logits)[target] per row, in float64: [n, n_vocab], [n] -> [n]"""
+    return -log_softmax(logits)[np.arange(len(targets)), targets]
+
+
+def sliding_window_nll(
+    model: GPT2,
+    ids: list[int],
+    stride: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """NLL of the tokens each window scores, in order: every token after the
+    first, once, [len(ids) - 1], when stride < n_ctx. With stride == n_ctx
+    the windows do not overlap, and (as in transformers' guide, whose labels
+    shift inside each window) the first token of each later window has no
+    context there and is not scored."""
+    n_ctx, n = model.hparams.n_ctx, len(ids)
+    nlls, scored_end = [], 1  # positions before scored_end are done (0 never is)
+    for begin in range(0, n, stride):
+        end = min(begin + n_ctx, n)
+        window = ids[begin:end]
+        # Row j predicts window[j + 1], i.e. position begin + j + 1.
+        first_row = max(scored_end - begin - 1, 0)
+        logits = model.logits(window)[first_row : len(window) - 1]
+        nlls.append(token_nlls(logits, np.asarray(window[first_row + 1 :])))
+        scored_end = end
+        if progress:
+            progress(end - 1, n - 1)
+        if end == n:
+            break
+    return np.concatenate(nlls) if nlls else np.zeros(0)
+
+
+def score(model: GPT2, text: str, stride: int | None = None) -> dict[str, float | int]:
+    """tokens, nll (nats per token), perplexity, bits_per_byte,
+    scored_tokens and bytes of ``text``, scored with the sliding window
+    (``stride`` None: n_ctx / 2)."""
+    n_ctx = model.hparams.n_ctx
+    stride = stride or n_ctx // 2
+    if not 1 <= stride <= n_ctx:
+        raise InputError(f"--stride must be in [1, n_ctx ({n_ctx})], got {stride}")
+    ids = model.encoder.encode(text)
+    if len(ids) < 2:
+        raise InputError(f"the text has {len(ids)} token; scoring needs at least 2")
+    long = len(ids) - 1 > n_ctx
+    progress = Progress("scored", len(ids) - 1, unit="tokens", scale=1)
+    last = [0]
+
+    def advance(done: int, total: int) -> None:
+        progress.update(done - last[0])
+        last[0] = done
+
+    nll = sliding_window_nll(model, ids, stride, advance if long else None)
+    if long:
+        progress.finish()
+    n_bytes = len(text.encode("utf-8"))
+    return {
+        "tokens": len(ids),
+        "nll": float(nll.mean()),
+        "perplexity": math.exp(nll.mean()),
+        "bits_per_byte": float(nll.sum() / math.log(2) / n_bytes),
+        "scored_tokens": len(nll),
+        "bytes": n_bytes,
+    }
