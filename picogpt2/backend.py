@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from picogpt2 import memory
 from picogpt2.errors import PicoGPT2Error
 
 BACKEND_ENV = "PICOGPT2_BACKEND"
@@ -33,6 +34,7 @@ class Backend:
     name: str
     upload: Callable[[Any, Any], Any]  # (array, dtype) -> array on the backend
     to_numpy: Callable[[Any], np.ndarray]
+    available: Callable[[], int | None] = memory.available  # free bytes where arrays live
 
 
 def _numpy_upload(array: Any, dtype: Any) -> np.ndarray:
@@ -93,7 +95,11 @@ def _cupy() -> Backend:
             f"CuPy cannot run on this GPU ({e}); it needs the CUDA libraries: "
             "pip install 'picogpt2[gpu]', or a CUDA toolkit matching your CuPy"
         ) from None
-    return Backend("cupy", lambda a, dtype: cupy.asarray(a, dtype=dtype), cupy.asnumpy)
+
+    def free() -> int:
+        return int(cupy.cuda.runtime.memGetInfo()[0]) + cupy.get_default_memory_pool().free_bytes()
+
+    return Backend("cupy", lambda a, dtype: cupy.asarray(a, dtype=dtype), cupy.asnumpy, free)
 
 
 def get_backend(name: str | None = None) -> Backend:

@@ -1,7 +1,7 @@
 """Download OpenAI's released GPT-2 checkpoints, verify them, convert them.
 
     python -m picogpt2.download 124M [--models-dir DIR] [--base-url URL] [--keep-original]
-    python -m picogpt2.download 124M --verify
+    python -m picogpt2.download 124M --verify          # or any model: a name or a path
 
 Files come from OpenAI's public bucket (or a mirror with the same layout,
 ``{base}/{SIZE}/{FILE}``) into ``{models_dir}/{SIZE}/`` (``locations.py``
@@ -11,28 +11,16 @@ says where models live by default; ``releases.py`` what a download does).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from picogpt2 import locations
 from picogpt2.cli import Parser, add_models_dir_argument, prog_name, run_cli
 from picogpt2.errors import InputError
 from picogpt2.fetch import RETRIES
-from picogpt2.formats.safetensors import WEIGHTS_FILE, verify
+from picogpt2.formats.safetensors import WEIGHTS_FILE
 from picogpt2.hparams import SIZES
 from picogpt2.releases import download_model
-from picogpt2.status import Progress, status
-
-
-def verify_folder(model_dir: Path) -> int:
-    """Check a converted folder's tensors against their recorded CRC-32C."""
-    path = model_dir / WEIGHTS_FILE
-    if not path.is_file():
-        raise InputError(f"{path}: no converted model to verify")
-    progress = Progress(f"verifying {path}", path.stat().st_size)
-    n = verify(path, progress.update)
-    progress.finish()
-    status(f"{path}: all {n} tensors match their CRC-32C")
-    return 0
+from picogpt2.status import status
+from picogpt2.verification import verify_model
 
 
 def build_parser() -> Parser:
@@ -44,7 +32,8 @@ def build_parser() -> Parser:
     parser.add_argument(
         "size",
         metavar="SIZE",
-        help=f"model size: {', '.join(SIZES)} (with --verify, any model folder's name)",
+        help=f"model size: {', '.join(SIZES)} (with --verify, any model picogpt2 loads: a "
+        "name in the models folder, or a path)",
     )
     add_models_dir_argument(parser)
     parser.add_argument(
@@ -67,8 +56,8 @@ def build_parser() -> Parser:
     parser.add_argument(
         "--verify",
         action="store_true",
-        help="download nothing: check a converted model's tensors against the CRC-32C "
-        "recorded when it was converted",
+        help="download nothing: check the model's weights (the CRC-32C picogpt2 recorded "
+        "where it wrote them; otherwise every tensor readable, shaped right and finite)",
     )
     return parser
 
@@ -79,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         if args.verify:
-            return verify_folder(locations.locate(args.size, args.models_dir))
+            for line in verify_model(args.size, args.models_dir):
+                status(line)
+            return 0
         if args.retries < 0:
             raise InputError(f"--retries must be >= 0, got {args.retries}")
         model_dir = download_model(

@@ -29,13 +29,17 @@ from picogpt2.formats.safetensors import write_tensors
 from picogpt2.generation import Settings
 from picogpt2.hparams import HParams, parse_hparams
 from picogpt2.loading import vocabulary_of
+from picogpt2.memory import check_fits
 from picogpt2.model import GPT2
-from picogpt2.params import map_params, params_from_tensors, schema
+from picogpt2.params import map_params, parameter_count, params_from_tensors, schema
 from picogpt2.sampling import SplitMix64
 from picogpt2.status import status
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
 N_GENERATE = 16
+# Written three times, and held in float64 while the references are made:
+# 200M parameters are 2.4 GB on disk and about 3.2 GB in memory.
+MAX_PARAMETERS = 200_000_000
 SAMPLE_SEEDS = (1, 2, 3)
 SAMPLING = {"temperature": 1.0, "top_k": 40}
 TEXTS = [
@@ -210,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(str(e)) from None
         if hparams.n_ctx < 16 + N_GENERATE:
             raise InputError(f"--context must be >= {16 + N_GENERATE}, got {hparams.n_ctx}")
+        if parameter_count(hparams) > MAX_PARAMETERS:
+            raise InputError(
+                f"these sizes make {parameter_count(hparams):,} parameters; a fixture is a small "
+                f"model, at most {MAX_PARAMETERS:,} (124M's shapes fit): for a real model, use "
+                "python -m picogpt2.export"
+            )
+        # float32 weights, their float64 copy, and a writer's copy at a time
+        check_fits(20 * parameter_count(hparams), "a fixture of these sizes")
         require_new(args.out)
         vocabulary = vocabulary_of("124M", args.models_dir, args.encoder_dir)
         make_fixture(args.out, hparams, args.seed, vocabulary)

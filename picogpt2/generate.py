@@ -20,9 +20,12 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
+
 if __package__ in (None, ""):  # run as a file: python picogpt2/generate.py
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from picogpt2.backend import get_backend  # noqa: E402
 from picogpt2.cli import (  # noqa: E402
     Parser,
     add_model_arguments,
@@ -39,6 +42,7 @@ from picogpt2.generation import (  # noqa: E402
     Continuation,
     Settings,
     check_lengths,
+    check_memory,
     generate_many,
     prompt_ids,
     sample_text,
@@ -138,6 +142,9 @@ def validate(args: argparse.Namespace) -> Settings:
     hparams = peek_hparams(args.model_size, args.models_dir)
     n_ctx = hparams.n_ctx if hparams else args.n_tokens + 1
     check_lengths(1, args.n_tokens, n_ctx, args.n_samples)  # the prompt is at least one token
+    if hparams:  # and the memory it needs at the least, before anything is loaded
+        backend = get_backend(args.backend)
+        check_memory(hparams, 1, args.n_tokens, args.n_samples, np.dtype("float32"), backend)
     return settings
 
 

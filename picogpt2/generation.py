@@ -38,6 +38,7 @@ from picogpt2.encoder import Encoder
 from picogpt2.errors import InputError
 from picogpt2.hparams import HParams
 from picogpt2.kvcache import KVCache
+from picogpt2.memory import check_fits, generation_bytes
 from picogpt2.sampling import SplitMix64, check_sampling_args, sample
 
 
@@ -85,6 +86,16 @@ def check_lengths(n_prompt: int, n_tokens: int, n_ctx: int, n_samples: int = 1) 
         raise InputError(f"n-tokens must be >= 0, got {n_tokens}")
     if n_samples < 1:
         raise InputError(f"n-samples must be >= 1, got {n_samples}")
+
+
+def check_memory(
+    h: HParams, n_prompt: int, n_tokens: int, n_samples: int, dtype: np.dtype, backend: Backend
+) -> None:
+    """Refuse a generation whose KV caches and logits cannot fit where the
+    model runs (``memory.py`` estimates them), before it starts."""
+    needed = generation_bytes(h, n_prompt, n_tokens, n_samples, np.dtype(dtype).itemsize)
+    what = f"{n_samples} sample{'s' if n_samples > 1 else ''} of {n_tokens} tokens"
+    check_fits(needed, what, backend.available())
 
 
 def prompt_ids(encoder: Encoder, prompt: str) -> list[int]:
@@ -187,6 +198,7 @@ class LanguageModel(Protocol):
     hparams: HParams
     encoder: Encoder
     backend: Backend
+    dtype: np.dtype
 
     def upload_ids(self, ids: Sequence[int]) -> np.ndarray: ...
 
@@ -205,6 +217,7 @@ def stream_many(
     settings.check()
     prompt = model.upload_ids(ids)  # [1, n_seq]
     check_lengths(prompt.shape[1], n_tokens, model.hparams.n_ctx, n_samples)
+    check_memory(model.hparams, prompt.shape[1], n_tokens, n_samples, model.dtype, model.backend)
     seed = settings.seed
     if seed is None:
         seed = int.from_bytes(os.urandom(8), "little") >> 1
@@ -221,8 +234,9 @@ def generate_many(
 ) -> list[list[int]]:
     """``n_samples`` continuations of ``ids`` (only the new ids), decoded as
     one batch; sample ``j`` is the single generation with seed ``seed + j``."""
+    steps = stream_many(model, ids, n_tokens, n_samples, settings)  # checks everything first
     samples: list[list[int]] = [[] for _ in range(n_samples)]
-    for j, token in stream_many(model, ids, n_tokens, n_samples, settings):
+    for j, token in steps:
         samples[j].append(token)
     return samples
 

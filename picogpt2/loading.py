@@ -20,6 +20,8 @@ forward pass reads, on the backend chosen.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -58,18 +60,12 @@ def open_model(
     ``download=False`` raises instead of fetching a released size;
     ``encoder_dir`` is a folder with the vocabulary, for a model that has
     none beside it (an llm.c file)."""
-    path, released = locate(name, models_dir), str(name) in SIZES
-    try:
-        if released:
+    path = locate(name, models_dir)
+    with _mended(name):
+        if str(name) in SIZES:
             releases.ensure_release(str(name), path, download=download)
         fmt = _format(path)
         hparams, tensors = fmt.read(path)
-    except DamagedWeightsError as e:
-        if e.mend:
-            raise
-        mend = f"delete it, and picogpt2 downloads GPT-2 {name} again" if released else (
-            "restore it from where it came from")  # fmt: skip
-        raise DamagedWeightsError(e.path, e.reason, mend) from None
     check_tensors(tensors, hparams, path)
     vocabulary = _vocabulary(path, fmt, encoder_dir, "--encoder-dir")
     return ModelFiles(path, fmt.NAME, hparams, tensors, vocabulary)
@@ -81,7 +77,8 @@ def peek_hparams(name: str | Path, models_dir: str | Path | None = None) -> HPar
     when neither knows."""
     path = locate(name, models_dir)
     fmt = formats.detect(path)
-    return fmt.read_header(path) if fmt else SIZES.get(str(name))
+    with _mended(name):
+        return fmt.read_header(path) if fmt else SIZES.get(str(name))
 
 
 def vocabulary_of(
@@ -100,6 +97,22 @@ def vocabulary_of(
     if str(name) in SIZES and not has_vocabulary(path):
         releases.fetch_vocabulary(str(name), path.parent)
     return _vocabulary(path, formats.detect(path), None, option)
+
+
+@contextmanager
+def _mended(name: str | Path) -> Iterator[None]:
+    """A damaged file's error says how to mend it: the format says when it
+    can convert it again; a released size is downloaded again; anything
+    else is the user's to restore."""
+    try:
+        yield
+    except DamagedWeightsError as e:
+        if e.mend:
+            raise
+        released = str(name) in SIZES
+        mend = f"delete it, and picogpt2 downloads GPT-2 {name} again" if released else (
+            "restore it from where it came from")  # fmt: skip
+        raise DamagedWeightsError(e.path, e.reason, mend) from None
 
 
 def _format(path: Path) -> ModuleType:

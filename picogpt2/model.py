@@ -20,6 +20,7 @@ from picogpt2.gpt2 import Params, gpt2
 from picogpt2.hparams import HParams
 from picogpt2.kvcache import KVCache
 from picogpt2.loading import open_model
+from picogpt2.memory import check_fits, trace_bytes
 from picogpt2.params import map_params, params_from_tensors
 from picogpt2.status import quiet
 from picogpt2.trace import NO_TRACE, Trace
@@ -68,7 +69,7 @@ class GPT2:
             raise WeightsError(
                 f"GPT-2 in {self.model_dir} computed logits that are not finite: its weights "
                 f"are likely damaged; check them with python -m picogpt2.download "
-                f"{self.model_dir.name} --models-dir {self.model_dir.parent} --verify"
+                f"{self.model_dir.resolve()} --verify"
             )
         return logits
 
@@ -117,6 +118,8 @@ class GPT2:
         """
         trace = Trace()
         device_ids = self.upload_ids(ids)
+        needed = trace_bytes(self.hparams, device_ids.shape[1], self.dtype.itemsize, detail)
+        check_fits(needed, f"a trace of {device_ids.shape[1]} tokens", self.backend.available())
         logits = self.forward(device_ids, trace=trace)
 
         def one(array: np.ndarray) -> np.ndarray:  # the batch of one, as NumPy

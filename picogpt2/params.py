@@ -85,31 +85,55 @@ def tensor_shapes(h: HParams) -> dict[str, tuple[int, ...]]:
     return {t.name: t.shape for t in schema(h)}
 
 
-def check_tensors(tensors: dict[str, np.ndarray], hparams: HParams, where: Path) -> None:
+def parameter_count(h: HParams) -> int:
+    """How many numbers ``schema(h)`` holds, in closed form (nothing built)."""
+    e = h.n_embd
+    per_block = 12 * e * e + 13 * e  # c_attn, attn c_proj, c_fc, mlp c_proj, two norms
+    return (h.n_vocab + h.n_ctx) * e + 2 * e + h.n_layer * per_block
+
+
+def mismatch(hparams: HParams, where: Path) -> str:
+    sizes = ", ".join(f"{k} {v}" for k, v in hparams.as_dict().items())
+    return f"the hyperparameters of {where} ({sizes}) do not match its weights"
+
+
+def check_layer_count(hparams: HParams, n_tensors: int, where: Path) -> None:
+    """Sizes no file could hold (an ``n_layer`` of 10**12) are refused
+    before the schema is listed: a block is 16 tensors."""
+    if hparams.n_layer > n_tensors:
+        what = f"{hparams.n_layer:,} blocks, in {n_tensors} tensors"
+        raise WeightsError(f"{mismatch(hparams, where)}: {what}")
+
+
+# A tensor's shape and dtype (NumPy's name: "float32", "bfloat16", "int64"),
+# as a file's header says.
+Shapes = dict[str, tuple[tuple[int, ...], str]]
+
+
+def check_shapes(shapes: Shapes, hparams: HParams, where: Path) -> None:
     """The weights are exactly the tensors the hyperparameters describe: no
     block missing or left over, every shape as its sizes say, floats."""
+    check_layer_count(hparams, len(shapes), where)
     expected = tensor_shapes(hparams)
-    problem = None
-    extra = sorted(tensors.keys() - expected.keys())
-    missing = [name for name in expected if name not in tensors]
-    if missing:
-        problem = f"{missing[0]} is missing"
-    elif extra:
-        problem = f"{extra[0]} is left over"
-    else:
-        for name, shape in expected.items():
-            actual = tensors[name]
-            if actual.shape != shape:
-                problem = f"{name} is {list(actual.shape)}, where they need {list(shape)}"
-                break
-            if actual.dtype.kind != "f":
-                problem = f"{name} holds {actual.dtype}, not floats"
-                break
+    missing = [name for name in expected if name not in shapes]
+    extra = sorted(shapes.keys() - expected.keys())
+    problem = f"{missing[0]} is missing" if missing else f"{extra[0]} is left over" if extra else ""
+    for name, shape in expected.items():
+        if problem:
+            break
+        actual, dtype = shapes[name]
+        if actual != shape:
+            problem = f"{name} is {list(actual)}, where they need {list(shape)}"
+        elif not dtype.startswith(("float", "bfloat")):
+            problem = f"{name} holds {dtype}, not floats"
     if problem:
-        sizes = ", ".join(f"{k} {v}" for k, v in hparams.as_dict().items())
-        raise WeightsError(
-            f"the hyperparameters of {where} ({sizes}) do not match its weights: {problem}"
-        )
+        raise WeightsError(f"{mismatch(hparams, where)}: {problem}")
+
+
+def check_tensors(tensors: dict[str, np.ndarray], hparams: HParams, where: Path) -> None:
+    """``check_shapes`` of arrays."""
+    shapes = {name: (tuple(a.shape), a.dtype.name) for name, a in tensors.items()}
+    check_shapes(shapes, hparams, where)
 
 
 def params_from_tensors(tensors: dict[str, np.ndarray], hparams: HParams) -> Params:

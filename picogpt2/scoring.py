@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from picogpt2.errors import InputError
+from picogpt2.memory import check_fits, scoring_bytes
 from picogpt2.model import GPT2
 from picogpt2.status import Progress
 
@@ -73,6 +74,9 @@ def score(model: GPT2, text: str, stride: int | None = None) -> dict[str, float 
     ids = model.encoder.encode(text)
     if len(ids) < 2:
         raise InputError(f"the text has {len(ids)} token; scoring needs at least 2")
+    window = min(len(ids), n_ctx)
+    check_fits(scoring_bytes(model.hparams, window, model.dtype.itemsize),
+               f"scoring windows of {window} tokens", model.backend.available())  # fmt: skip
     long = len(ids) - 1 > n_ctx
     progress = Progress("scored", len(ids) - 1, unit="tokens", scale=1)
     last = [0]

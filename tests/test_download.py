@@ -325,4 +325,4 @@ def test_verify_finds_a_flipped_byte_in_the_converted_file(mirror, tmp_path):
 
 def test_verify_of_a_missing_model_is_exit_2(tmp_path):
     r = run("download", "124M", "--models-dir", str(tmp_path), "--verify")
-    one_line_error(r, 2, "no converted model to verify")
+    one_line_error(r, 2, "no model there to verify")

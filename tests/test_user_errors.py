@@ -12,23 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mirror import ROOT, Mirror, catalogue_env, full_disk, one_line_error, run, text
-from tiny import make_tiny_model
+from tiny import converted_tiny_models, make_tiny_model, tiny
 
-from picogpt2.formats import openai
 from picogpt2.formats.safetensors import WEIGHTS_FILE
 from picogpt2.releases import SHARD_FILE
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    make_tiny_model(root / "tiny", n_ctx=64)
-    openai.read(root / "tiny")  # converted once, the checkpoint kept
-    return root
-
-
-def tiny(models, *args):
-    return ["--model-size", "tiny", "--models-dir", str(models), *args]
+    return converted_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 def copy_model(models, tmp_path, name="copy") -> Path:

@@ -64,3 +64,18 @@ def make_tiny_model(
     tensors = tiny_tensors(hparams, seed, scale)
     write_tf_checkpoint(folder / "model.ckpt", tensors, n_shards=n_shards)
     return folder
+
+
+def converted_tiny_models(root: Path) -> Path:
+    """A models folder holding "tiny" (context 64), converted once with its
+    checkpoint kept, as a load leaves a user's own checkpoint."""
+    from picogpt2.formats import openai
+
+    make_tiny_model(root / "tiny", n_ctx=64)
+    openai.read(root / "tiny")
+    return root
+
+
+def tiny(models: Path, *args: str) -> list[str]:
+    """The command-line arguments that name the tiny model in ``models``."""
+    return ["--model-size", "tiny", "--models-dir", str(models), *args]

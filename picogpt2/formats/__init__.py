@@ -9,6 +9,8 @@ the same small interface:
   a file that cannot be used where it lies is converted once into our
   layout beside it (``cache``, one rule for every format).
 - ``vocabulary(path) -> Path``: the folder its vocabulary is read from.
+- ``checksum_files(path) -> [Path]``: the files where picogpt2 records each
+  tensor's CRC-32C (what it wrote: a conversion, or its own layout).
 - ``write(out, hparams, tensors, vocabulary)``: a new file or folder
   ``out``, whole or not at all.
 

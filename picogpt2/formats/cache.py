@@ -15,13 +15,16 @@ mapped from it at every later load. One rule for all of them:
   the way to mend it, never silently replaced; a file of that name that
   picogpt2 did not write is never replaced either.
 - In a folder that cannot be written, the conversion is kept in memory and
-  done again at every load (said each time).
+  done again at every load (said each time); inside ``in_memory()``
+  (checking a model without writing anything) it always is.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +47,17 @@ LEGACY_FINGERPRINT_KEY = "source_index_sha256"
 # Tensors, and their CRC-32C when the conversion already knows them (a
 # checkpoint's index records them); None: computed from the tensors.
 Conversion = tuple[dict[str, np.ndarray], dict[str, int] | None]
+_write_nothing: ContextVar[bool] = ContextVar("picogpt2_write_nothing", default=False)
+
+
+@contextmanager
+def in_memory() -> Iterator[None]:
+    """Conversions inside the block are made in memory, never written."""
+    token = _write_nothing.set(True)
+    try:
+        yield
+    finally:
+        _write_nothing.reset(token)
 
 
 def file_fingerprint(files: list[Path]) -> str:
@@ -86,6 +100,8 @@ def converted(
     tensors = lookup(cache, fingerprint, mend)
     if tensors is not None:
         return tensors
+    if _write_nothing.get():
+        return produce()[0]
     try:
         with folder_lock(cache.parent, f"waiting for another process converting {source} ..."):
             tensors = lookup(cache, fingerprint, mend)  # it may have finished meanwhile

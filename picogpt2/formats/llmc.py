@@ -27,7 +27,7 @@ from picogpt2.errors import FormatError
 from picogpt2.formats import cache
 from picogpt2.formats.safetensors import bfloat16_to_float32
 from picogpt2.hparams import HParams, parse_hparams
-from picogpt2.params import Tensor, block_schema, schema
+from picogpt2.params import Tensor, block_schema, parameter_count, schema
 
 NAME = "llmc"
 DESCRIPTION = "an llm.c model file: float32 (version 3), vocabulary padded to a multiple of 128"
@@ -78,7 +78,7 @@ def _header(path: Path) -> tuple[HParams, int, np.dtype]:
     if padded < hparams.n_vocab:
         raise FormatError(f"{path}: padded vocabulary {padded} < vocabulary {hparams.n_vocab}")
     dtype = VERSIONS[version]
-    n = sum(math.prod(shape) for _, shape in layout(hparams, padded))
+    n = parameter_count(hparams) + (padded - hparams.n_vocab) * hparams.n_embd  # + wte's padding
     expected = 4 * HEADER_INTS + n * dtype.itemsize
     if path.stat().st_size != expected:
         raise FormatError(
@@ -122,6 +122,12 @@ def read(path: Path) -> tuple[HParams, dict[str, np.ndarray]]:
     tensors = cache.converted(cache_path(path), cache.file_fingerprint([path]),
                               lambda: (_convert(path), None), str(path), mend)  # fmt: skip
     return hparams, tensors
+
+
+def checksum_files(path: Path) -> list[Path]:
+    """The files where picogpt2 records each tensor's CRC-32C: the cached
+    conversion beside the file (llm.c records none)."""
+    return [cache_path(path)]
 
 
 def vocabulary(path: Path) -> Path:

@@ -32,6 +32,7 @@ from picogpt2.formats.tf_bundle import (
     write_tf_checkpoint,
 )
 from picogpt2.hparams import HPARAMS_FILE, HParams, read_hparams, write_hparams
+from picogpt2.params import check_shapes
 from picogpt2.status import Progress
 
 NAME = "openai"
@@ -65,7 +66,11 @@ def detect(path: Path) -> bool:
 
 
 def read_header(path: Path) -> HParams:
-    return read_hparams(path)
+    """``hparams.json``, checked against the numbers the checkpoint holds."""
+    hparams = read_hparams(path)
+    _, entries = read_tf_index(find_checkpoint_prefix(path))
+    check_shapes({name: (e.shape, e.dtype.name) for name, e in entries.items()}, hparams, path)
+    return hparams
 
 
 def _fingerprint(prefix: Path) -> str:
@@ -91,7 +96,7 @@ def is_converted(folder: Path) -> bool:
 def read(path: Path) -> tuple[HParams, dict[str, np.ndarray]]:
     """The folder's hyperparameters and tensors, memory-mapped from the
     conversion (made first when needed, checking every tensor's CRC-32C)."""
-    hparams = read_hparams(path)
+    hparams = read_header(path)
     prefix = find_checkpoint_prefix(path)
 
     def produce() -> cache.Conversion:
@@ -106,6 +111,11 @@ def read(path: Path) -> tuple[HParams, dict[str, np.ndarray]]:
     tensors = cache.converted(path / WEIGHTS_FILE, _fingerprint(prefix), produce, source,
                               _mend(path))  # fmt: skip
     return hparams, tensors
+
+
+def checksum_files(path: Path) -> list[Path]:
+    """The files where picogpt2 records each tensor's CRC-32C: the conversion."""
+    return [path / WEIGHTS_FILE]
 
 
 def vocabulary(path: Path) -> Path:

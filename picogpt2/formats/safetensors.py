@@ -35,6 +35,7 @@ from picogpt2.crc32c import crc32c
 from picogpt2.encoder import copy_vocabulary
 from picogpt2.errors import WeightsError
 from picogpt2.hparams import HPARAMS_FILE, HParams, read_hparams, write_hparams
+from picogpt2.params import Shapes, check_shapes
 
 NAME = "safetensors"
 DESCRIPTION = "hparams.json, model.safetensors (the checkpoint's names and shapes), the vocabulary"
@@ -109,6 +110,12 @@ def read_entries(path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
             path, f"{size} bytes, but its header describes {8 + len(raw) + end}"
         )
     return header, metadata, 8 + len(raw)
+
+
+def entry_shapes(header: dict[str, dict]) -> Shapes:
+    """Each tensor's shape and NumPy dtype name, from a checked header."""
+    return {name: (tuple(info["shape"]), "bfloat16" if info["dtype"] == "BF16" else
+                   NAME_DTYPES[info["dtype"]].name) for name, info in header.items()}  # fmt: skip
 
 
 def _begin(info: object) -> int:
@@ -213,13 +220,21 @@ def detect(path: Path) -> bool:
 
 
 def read_header(path: Path) -> HParams:
-    return read_hparams(path)
+    """``hparams.json``, checked against the numbers the weights hold."""
+    hparams = read_hparams(path)
+    check_shapes(entry_shapes(read_entries(path / WEIGHTS_FILE)[0]), hparams, path)
+    return hparams
 
 
 def read(path: Path) -> tuple[HParams, dict[str, np.ndarray]]:
     """The folder's hyperparameters and tensors, memory-mapped. A damaged
     file is reported as such, never replaced: it may be the only copy."""
-    return read_hparams(path), read_tensors(path / WEIGHTS_FILE)[0]
+    return read_header(path), read_tensors(path / WEIGHTS_FILE)[0]
+
+
+def checksum_files(path: Path) -> list[Path]:
+    """The files that record each tensor's CRC-32C when picogpt2 wrote them."""
+    return [path / WEIGHTS_FILE]
 
 
 def vocabulary(path: Path) -> Path:

@@ -15,6 +15,7 @@ see ``cache``). ``pytorch_model.bin`` is a pickle and is never opened.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,15 @@ from picogpt2.atomic import atomic_folder
 from picogpt2.encoder import copy_vocabulary, load_encoder
 from picogpt2.errors import FormatError
 from picogpt2.formats import cache
-from picogpt2.formats.safetensors import WEIGHTS_FILE, read_entries, read_tensors, write_tensors
+from picogpt2.formats.safetensors import (
+    WEIGHTS_FILE,
+    entry_shapes,
+    read_entries,
+    read_tensors,
+    write_tensors,
+)
 from picogpt2.hparams import HParams, parse_hparams
-from picogpt2.params import Tensor, schema
+from picogpt2.params import Tensor, check_layer_count, check_shapes, schema
 
 NAME = "hf"
 DESCRIPTION = "a transformers folder: config.json, model.safetensors, vocab.json, merges.txt"
@@ -54,8 +61,21 @@ def detect(path: Path) -> bool:
 
 def read_header(path: Path) -> HParams:
     """GPT-2's sizes from ``config.json``, refusing any setting that changes
-    the math in a way picogpt2 does not implement."""
-    path = path / CONFIG_FILE
+    the math in a way picogpt2 does not implement, checked against the
+    tensors the weight files hold."""
+    hparams = read_config(path / CONFIG_FILE)
+    shapes = {}
+    for file in weight_files(path):
+        header = entry_shapes(read_entries(file)[0])
+        for theirs, ours in checkpoint_names(header, hparams, file).items():
+            shape, dtype = header[theirs]
+            shapes[ours.name] = ((1, *shape) if ours.leaf == "w" else shape, dtype)
+    check_shapes(shapes, hparams, path)
+    return hparams
+
+
+def read_config(path: Path) -> HParams:
+    """GPT-2's sizes from ``config.json`` (``path``)."""
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError) as e:
@@ -118,25 +138,39 @@ def weight_files(folder: Path) -> list[Path]:
     raise FormatError(f"{folder}: a transformers folder with no model.safetensors")
 
 
+def checkpoint_names(names: Iterable[str], hparams: HParams, path: Path) -> dict[str, Tensor]:
+    """transformers' names in a file -> the schema's tensors; its causal-mask
+    buffers and the output head (checked apart) are left out; any other
+    name is refused."""
+    names = list(names)
+    check_layer_count(hparams, len(names), path)
+    ours = {hf_name(t): t for t in schema(hparams)}
+    found = {}
+    for name in names:
+        full = name if name.startswith(PREFIX) else PREFIX + name
+        parts = full.split(".")
+        if full in ours:
+            found[name] = ours[full]
+        elif name.removeprefix(PREFIX) != HEAD and not (
+            len(parts) == 5 and parts[3] == "attn" and parts[4] in BUFFERS
+        ):
+            sizes = ", ".join(f"{k} {v}" for k, v in hparams.as_dict().items())
+            raise FormatError(
+                f"{path}: {name} is not a weight of transformers' GPT2LMHeadModel with "
+                f"{CONFIG_FILE}'s sizes ({sizes})"
+            )
+    return found
+
+
 def mapped(files: list[Path], hparams: HParams) -> dict[str, np.ndarray]:
     """The files' weights under the checkpoint's names and shapes (linear
     weights [1, in, out]), views of the memory-mapped files."""
-    ours = {hf_name(t): t for t in schema(hparams)}
     tensors, head = {}, None
     for path in files:
-        for name, array in read_tensors(path)[0].items():
-            full = name if name.startswith(PREFIX) else PREFIX + name
-            parts = full.split(".")
-            if full in ours:
-                tensors[ours[full].name] = array[None] if ours[full].leaf == "w" else array
-            elif name.removeprefix(PREFIX) == HEAD:
-                head = array
-            elif not (len(parts) == 5 and parts[3] == "attn" and parts[4] in BUFFERS):
-                sizes = ", ".join(f"{k} {v}" for k, v in hparams.as_dict().items())
-                raise FormatError(
-                    f"{path}: {name} is not a weight of transformers' GPT2LMHeadModel with "
-                    f"{CONFIG_FILE}'s sizes ({sizes})"
-                )
+        arrays = read_tensors(path)[0]
+        for theirs, t in checkpoint_names(arrays, hparams, path).items():
+            tensors[t.name] = arrays[theirs][None] if t.leaf == "w" else arrays[theirs]
+        head = next((a for name, a in arrays.items() if name.removeprefix(PREFIX) == HEAD), head)
     if head is not None and not np.array_equal(head, tensors.get("model/wte")):
         raise FormatError(
             f"{files[0].parent}: {HEAD} differs from wte: GPT-2's output head is the token "
@@ -161,6 +195,12 @@ def read(path: Path) -> tuple[HParams, dict[str, np.ndarray]]:
     tensors = cache.converted(path / CACHE_FILE, cache.file_fingerprint(files), upcast,
                               str(files[0]), mend)  # fmt: skip
     return hparams, tensors
+
+
+def checksum_files(path: Path) -> list[Path]:
+    """The files where picogpt2 records each tensor's CRC-32C: the cached
+    conversion of half-precision weights (transformers records none)."""
+    return [path / CACHE_FILE]
 
 
 def vocabulary(path: Path) -> Path:
