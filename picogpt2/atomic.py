@@ -49,7 +49,7 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        if e.filename is None:
+        if e.filename in (None, str(tmp)):  # name the file asked for, not our temporary one
             raise OSError(e.errno, e.strerror, str(path)) from None
         raise
     finally:

@@ -124,10 +124,13 @@ class Comparison:
             self.generation = generation_report(self.ref, self.cand, self.tolerance("logits"))
 
     def logits_check(self, ref: np.ndarray, cand: np.ndarray) -> Check:
+        raw = check("logits", None, ref, cand, self.tolerance("logits"))
+        if not np.isfinite(cand).all():  # no log-softmax of an infinity: wrong as it stands
+            raw.note = "not finite, so no log-softmax"
+            return raw
         result = check(
             "logits", None, log_softmax(ref), log_softmax(cand), self.tolerance("logits")
         )
-        raw = check("logits", None, ref, cand, self.tolerance("logits"))
         result.note = f"log-softmax; raw {raw.max_rel:.1e}{'' if raw.ok else ' NOT OK'}"
         return result
 

@@ -31,7 +31,7 @@ from picogpt2.cli import (
     run_cli,
     settings_of,
 )
-from picogpt2.dumps import FORMATS, generation_record, output_format, save_dump
+from picogpt2.dumps import FORMATS, check_output, generation_record, output_format, save_dump
 from picogpt2.errors import InputError
 from picogpt2.model import DTYPES, load_model
 from picogpt2.status import status
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 def dump(args: argparse.Namespace) -> int:
     check_model_argument(args)
     fmt = output_format(args.out, args.format)
+    check_output(args.out)
     ids = parse_ids(args.ids, "--ids") if args.ids is not None else None
     if ids == []:
         raise InputError("--ids is empty")

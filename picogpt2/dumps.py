@@ -11,6 +11,7 @@ is written whole or not at all, and nothing read is ever unpickled.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -69,20 +70,42 @@ def output_format(out: Path, given: str | None) -> str:
     raise InputError(f"--out {out}: name a .npz or .safetensors file or a folder, or give --format")
 
 
+def check_output(out: Path) -> None:
+    """One rule for every format: a dump is written to a new path (an
+    empty folder counts as new) in a folder that exists; nothing is
+    replaced. Checked before the work, so that none is lost."""
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise InputError(f"--out {out} exists: name a new file or folder (or remove it first)")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: the folder {out.parent} does not exist")
+
+
 def save_dump(out: Path, arrays: Dump, fmt: str, metadata: dict[str, str]) -> None:
     """Write atomically: a half-written dump never takes the final name."""
+    check_output(out)
     if fmt == "safetensors":
         write_tensors(out, {k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata)
     elif fmt == "npz":
         with atomic_write(out) as f:
             np.savez(f, **arrays)
     else:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise InputError(f"--out {out} exists and is not an empty folder: name a new one")
         with atomic_folder(out) as folder:
             for key, array in arrays.items():
-                np.save(folder / f"{key}.npy", array, allow_pickle=False)
+                write_npy(folder / f"{key}.npy", array, out)
             (folder / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
+
+
+def write_npy(path: Path, array: np.ndarray, out: Path) -> None:
+    """``path`` as ``np.save`` writes it, but through Python's file, whose
+    failed writes raise: ``np.save`` to a path can leave a short file on a
+    full disk without a word. A failure names the file in ``out``."""
+    data = io.BytesIO()
+    np.save(data, array, allow_pickle=False)
+    try:
+        with open(path, "wb") as f:
+            f.write(data.getbuffer())
+    except OSError as e:  # a full disk's own message names no file
+        raise OSError(e.errno, e.strerror, str(out / path.name)) from None
 
 
 def load_dump(path: Path) -> Dump:

@@ -12,9 +12,7 @@ load time, so the algorithm below works on bytes and reads as it is defined.
 from __future__ import annotations
 
 import codecs
-import json
-import shutil
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable
 from itertools import chain
 from pathlib import Path
 from typing import Literal
@@ -22,8 +20,7 @@ from typing import Literal
 import regex
 
 from picogpt2.errors import PicoGPT2Error
-
-ENDOFTEXT = "<|endoftext|>"
+from picogpt2.vocabulary import ENDOFTEXT, read_vocabulary
 
 # Letters and digits first assigned in Unicode 17.0. The `regex` module
 # classes them as \p{L} / \p{N}, while tiktoken's regex engine (Unicode
@@ -58,31 +55,6 @@ PATTERN_UNICODE_16 = regex.compile(
     f"| ?[[^\\s\\p{{L}}\\p{{N}}]{UNICODE_17_LETTERS}{UNICODE_17_DIGITS}]+"
     "|\\s+(?!\\S)|\\s+"
 )
-
-
-class EncoderFileError(PicoGPT2Error, ValueError):
-    """A vocabulary file is missing or malformed; the message names it."""
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """OpenAI's byte -> printable character table used in the vocab files.
-
-    Printable Latin-1 bytes stand for themselves; the other 68 bytes are
-    mapped, in order, to U+0100 and up, so no token is spelt with whitespace
-    or control characters.
-    """
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    table = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
 
 
 Merge = tuple[int, bytes, bytes]  # (rank, first, second)
@@ -256,98 +228,9 @@ class StreamDecoder:
         return self._utf8.decode(b"", final=True)
 
 
-def read_text(path: Path) -> str:
-    """A vocabulary file's text; any failure names the file."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise EncoderFileError(f"{path}: file not found") from None
-    except OSError as e:
-        raise EncoderFileError(f"{path}: cannot read: {e.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise EncoderFileError(f"{path}: not UTF-8 text (byte {e.start})") from None
-
-
-def iter_merges(text: str, path: Path) -> Iterator[tuple[str, str]]:
-    """The merge pairs of ``vocab.bpe``, in rank order (the first line may be
-    a ``#version`` comment)."""
-    for number, line in enumerate(text.splitlines(), start=1):
-        if number == 1 and line.startswith("#version"):
-            continue
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise EncoderFileError(f"{path}: line {number} is not a merge pair: {line!r}")
-        yield parts[0], parts[1]
-
-
-def read_token_ids(path: Path) -> dict[str, int]:
-    """``encoder.json``: each token, spelt byte-level, -> its id."""
-    try:
-        spelled_ids = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise EncoderFileError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(spelled_ids, dict) or not all(
-        isinstance(i, int) for i in spelled_ids.values()
-    ):
-        raise EncoderFileError(f"{path}: expected an object of token -> integer id")
-    if ENDOFTEXT not in spelled_ids:
-        raise EncoderFileError(f"{path}: has no {ENDOFTEXT} token")
-    return spelled_ids
-
-
-# The vocabulary's two files, as OpenAI named them and as transformers does:
-# the same content under other names.
-VOCABULARY_FILES = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
-
-
-def vocabulary_files(model_dir: Path) -> tuple[Path, Path]:
-    """The folder's token file and merge file (OpenAI's names when neither
-    pair is complete, so that errors name what is missing)."""
-    for json_name, bpe_name in VOCABULARY_FILES:
-        if (model_dir / json_name).is_file() and (model_dir / bpe_name).is_file():
-            return model_dir / json_name, model_dir / bpe_name
-    json_name, bpe_name = VOCABULARY_FILES[0]
-    return model_dir / json_name, model_dir / bpe_name
-
-
-def has_vocabulary(model_dir: Path) -> bool:
-    return all(p.is_file() for p in vocabulary_files(model_dir))
-
-
-def copy_vocabulary(model_dir: Path, out: Path, names: tuple[str, str]) -> None:
-    """Copy ``model_dir``'s two vocabulary files into the folder ``out``,
-    named ``names`` (OpenAI's or transformers')."""
-    for source, name in zip(vocabulary_files(model_dir), names, strict=True):
-        shutil.copyfile(source, out / name)
-
-
 def load_encoder(model_dir: str | Path, *, cache_size: int = 1 << 16) -> Encoder:
-    """Read ``encoder.json`` and ``vocab.bpe`` (or transformers' ``vocab.json``
-    and ``merges.txt``) from a folder."""
-    json_path, bpe_path = vocabulary_files(Path(model_dir))
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}
-
-    def to_bytes(spelled: str, path: Path) -> bytes:
-        try:
-            return bytes(byte_of[c] for c in spelled)
-        except KeyError:
-            raise EncoderFileError(f"{path}: {spelled!r} is not a byte-level token") from None
-
-    token_to_id = {
-        (ENDOFTEXT.encode() if t == ENDOFTEXT else to_bytes(t, json_path)): i
-        for t, i in read_token_ids(json_path).items()
-    }
-    merges = [
-        (to_bytes(a, bpe_path), to_bytes(b, bpe_path))
-        for a, b in iter_merges(read_text(bpe_path), bpe_path)
-    ]
-    for a, b in merges:
-        if a + b not in token_to_id:
-            raise EncoderFileError(
-                f"{bpe_path}: merge {a!r} + {b!r} makes a token missing from {json_path}"
-            )
-    return Encoder(token_to_id, merges, cache_size=cache_size)
+    """The encoder of a folder's vocabulary: ``encoder.json`` and
+    ``vocab.bpe``, transformers' ``vocab.json`` and ``merges.txt``, or its
+    ``tokenizer.json`` (``vocabulary.py`` reads and checks them)."""
+    vocabulary = read_vocabulary(Path(model_dir))
+    return Encoder(vocabulary.token_to_id, vocabulary.merges, cache_size=cache_size)

@@ -70,7 +70,7 @@ def unreachable(error: requests.RequestException, url: str) -> DownloadError | N
     why = match.group(1).strip() if match else "connection failed"
     return DownloadError(
         f"cannot reach {urlsplit(url).netloc} ({why}) for {url}; check the network, "
-        f"or name a mirror with --base-url or ${BASE_URL_ENV}"
+        f"or name a mirror in ${BASE_URL_ENV} (or with download's --base-url)"
     )
 
 

@@ -22,8 +22,9 @@ from picogpt2.atomic import atomic_folder, require_new
 from picogpt2.backend import NUMPY
 from picogpt2.cli import Parser, add_models_dir_argument, folder_argument, prog_name, run_cli
 from picogpt2.dumps import generation_record
-from picogpt2.encoder import Encoder, copy_vocabulary, load_encoder
+from picogpt2.encoder import Encoder, load_encoder
 from picogpt2.errors import InputError
+from picogpt2.fetch import DownloadError
 from picogpt2.formats import llmc, openai, transformers
 from picogpt2.formats.safetensors import write_tensors
 from picogpt2.generation import Settings
@@ -34,6 +35,7 @@ from picogpt2.model import GPT2
 from picogpt2.params import map_params, parameter_count, params_from_tensors, schema
 from picogpt2.sampling import SplitMix64
 from picogpt2.status import status
+from picogpt2.vocabulary import copy_vocabulary
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
 N_GENERATE = 16
@@ -201,29 +203,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def fixture_sizes(args: argparse.Namespace) -> HParams:
+    """The sizes asked for, if they make a fixture: small, and able to hold
+    the prompt and the generated tokens."""
+    values = {"n_vocab": 50257, "n_ctx": args.context, "n_embd": args.width,
+              "n_head": args.heads, "n_layer": args.layers}  # fmt: skip
+    try:
+        hparams = parse_hparams(values, "the fixture's sizes")
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if hparams.n_ctx < 16 + N_GENERATE:
+        raise InputError(f"--context must be >= {16 + N_GENERATE}, got {hparams.n_ctx}")
+    if parameter_count(hparams) > MAX_PARAMETERS:
+        raise InputError(
+            f"these sizes make {parameter_count(hparams):,} parameters; a fixture is a small "
+            f"model, at most {MAX_PARAMETERS:,} (124M's shapes fit): for a real model, use "
+            "python -m picogpt2.export"
+        )
+    # float32 weights, their float64 copy, and a writer's copy at a time
+    check_fits(20 * parameter_count(hparams), "a fixture of these sizes")
+    return hparams
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
     def body() -> int:
-        values = {"n_vocab": 50257, "n_ctx": args.context, "n_embd": args.width,
-                  "n_head": args.heads, "n_layer": args.layers}  # fmt: skip
-        try:
-            hparams = parse_hparams(values, "the fixture's sizes")
-        except ValueError as e:
-            raise InputError(str(e)) from None
-        if hparams.n_ctx < 16 + N_GENERATE:
-            raise InputError(f"--context must be >= {16 + N_GENERATE}, got {hparams.n_ctx}")
-        if parameter_count(hparams) > MAX_PARAMETERS:
-            raise InputError(
-                f"these sizes make {parameter_count(hparams):,} parameters; a fixture is a small "
-                f"model, at most {MAX_PARAMETERS:,} (124M's shapes fit): for a real model, use "
-                "python -m picogpt2.export"
-            )
-        # float32 weights, their float64 copy, and a writer's copy at a time
-        check_fits(20 * parameter_count(hparams), "a fixture of these sizes")
+        hparams = fixture_sizes(args)
         require_new(args.out)
-        vocabulary = vocabulary_of("124M", args.models_dir, args.encoder_dir)
+        try:
+            vocabulary = vocabulary_of("124M", args.models_dir, args.encoder_dir)
+        except DownloadError as e:  # offline: a folder with the vocabulary is the way round
+            raise DownloadError(
+                f"{e}; or name a folder with GPT-2's vocabulary: --encoder-dir"
+            ) from None
         make_fixture(args.out, hparams, args.seed, vocabulary)
         status(
             f"wrote {args.out}: a GPT-2 of {hparams.as_dict()} in three formats, with references"

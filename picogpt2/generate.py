@@ -50,13 +50,14 @@ from picogpt2.generation import (  # noqa: E402
 )
 from picogpt2.hparams import SIZES, read_hparams  # noqa: E402
 from picogpt2.loading import peek_hparams  # noqa: E402
-from picogpt2.locations import locate  # noqa: E402
+from picogpt2.locations import describe, locate  # noqa: E402
 from picogpt2.model import GPT2, load_model  # noqa: E402
 from picogpt2.releases import download_model, is_missing  # noqa: E402
 from picogpt2.status import error, set_quiet, status  # noqa: E402
 from picogpt2.textio import (  # noqa: E402
     argument_text,
     decode_utf8,
+    plural,
     read_stdin,
     strip_one_newline,
     text_stdout,
@@ -197,9 +198,9 @@ def continue_prompt(model: GPT2, prompt: str, args, settings: Settings, out: Tex
     else:
         n = print_samples(model, ids, prompt, args, settings, out)
     seconds = time.perf_counter() - start
-    samples = f"{args.n_samples} samples, " if args.n_samples > 1 else ""
+    samples = f"{plural(args.n_samples, 'sample')}, " if args.n_samples > 1 else ""
     rate = f" ({n / seconds:.1f} tokens/s)" if seconds > 0 and n else ""
-    status(f"{samples}{n} tokens in {seconds:.2f} s{rate}")
+    status(f"{samples}{plural(n, 'token')} in {seconds:.2f} s{rate}")
 
 
 def interactive(model: GPT2, args, settings: Settings, out: TextIO, prog: str) -> int:
@@ -238,7 +239,7 @@ def generate(args: argparse.Namespace, prog: str) -> int:
         if prompt is None:
             prompt = read_stdin("prompt")
         check_prompt_before_download(args, prompt)
-    status(f"loading GPT-2 {args.model_size} from {args.models_dir} ...")
+    status(f"loading {describe(args.model_size, args.models_dir)} ...")
     model = load_model(**model_options(args))
     if args.interactive:
         return interactive(model, args, settings, out, prog)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Protocol
 
 import numpy as np
@@ -78,6 +79,9 @@ def check_lengths(n_prompt: int, n_tokens: int, n_ctx: int, n_samples: int = 1) 
     """The one check of a generation's lengths: a prompt of 1 to ``n_ctx``
     tokens, ``n_tokens`` >= 0 new ones (past the context, the window
     slides), ``n_samples`` >= 1."""
+    for name, value in (("n-tokens", n_tokens), ("n-samples", n_samples)):
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise InputError(f"{name} must be an integer, got {value!r}")
     if n_prompt < 1:
         raise InputError("need at least one token id")
     if n_prompt > n_ctx:
@@ -100,6 +104,8 @@ def check_memory(
 
 def prompt_ids(encoder: Encoder, prompt: str) -> list[int]:
     """A text prompt's ids; the empty prompt starts from <|endoftext|>."""
+    if not isinstance(prompt, str):
+        raise InputError(f"the prompt must be text (str), got {type(prompt).__name__}")
     return encoder.encode(prompt) if prompt else [encoder.eot_token]
 
 

@@ -29,12 +29,12 @@ from types import ModuleType
 import numpy as np
 
 from picogpt2 import formats, releases
-from picogpt2.encoder import has_vocabulary, vocabulary_files
 from picogpt2.errors import FormatError, InputError, WeightsError
 from picogpt2.formats.safetensors import DamagedWeightsError
 from picogpt2.hparams import SIZES, HParams
 from picogpt2.locations import locate
 from picogpt2.params import check_tensors
+from picogpt2.vocabulary import OTHER_LAYOUTS, has_vocabulary
 
 
 @dataclass
@@ -65,9 +65,9 @@ def open_model(
         if str(name) in SIZES:
             releases.ensure_release(str(name), path, download=download)
         fmt = _format(path)
+        vocabulary = _vocabulary(path, fmt, encoder_dir, "--encoder-dir")  # before any conversion
         hparams, tensors = fmt.read(path)
     check_tensors(tensors, hparams, path)
-    vocabulary = _vocabulary(path, fmt, encoder_dir, "--encoder-dir")
     return ModelFiles(path, fmt.NAME, hparams, tensors, vocabulary)
 
 
@@ -137,11 +137,10 @@ def _vocabulary(
         folder = fmt.vocabulary(path) if fmt else path
         where = "beside it" if path.is_file() else "in it"
     if not has_vocabulary(folder):
-        json_path, bpe_path = vocabulary_files(folder)
         # A folder named by the user, or no model at all, is bad input.
         error = InputError if encoder_dir is not None or not path.exists() else FormatError
         raise error(
-            f"{path}: no {json_path.name} and {bpe_path.name} {where} (nor vocab.json and "
-            f"merges.txt); name a folder with them with {option}"
+            f"{path}: no encoder.json and vocab.bpe {where} ({OTHER_LAYOUTS}); name a folder "
+            f"with them with {option}"
         )
     return folder

@@ -81,6 +81,20 @@ def base_url(given: str | None) -> str:
 
 
 def locate(name: str | Path, given: str | Path | None) -> Path:
-    """Where the model ``name`` is: a name inside the models folder (``given``
-    or the default), or a path (an absolute one stays as it is)."""
+    """Where the model ``name`` is. A path that exists (absolute, or relative
+    to the current folder) is that path, and so is one that starts at a
+    folder (``./x``, ``../x``, ``~/x``) even when nothing is there; any
+    other name is a model inside the models folder (``given``, or the
+    default): ``124M``, ``my-finetune``, ``llmc/model.bin``."""
+    path = Path(name).expanduser()
+    if path.exists() or path.is_absolute() or str(name).startswith(("./", "../", "~", ".\\")):
+        return path
     return models_dir(given) / name
+
+
+def describe(name: str | Path, given: str | Path | None) -> str:
+    """Which model ``name`` means, in words, for a status line."""
+    path = locate(name, given)
+    if path == models_dir(given) / name:
+        return f"GPT-2 {name} from the models folder {models_dir(given)}"
+    return f"GPT-2 from {path.resolve()} (the path given)"

@@ -23,13 +23,13 @@ import requests
 
 from picogpt2 import formats, locations
 from picogpt2.atomic import LOCK_FILE, atomic_write, folder_lock
-from picogpt2.encoder import has_vocabulary
 from picogpt2.errors import InputError, WeightsError
 from picogpt2.fetch import BACKOFF_S, RETRIES, DownloadError, fetch
 from picogpt2.formats import openai
 from picogpt2.formats.tf_bundle import CheckpointError, read_tf_index
 from picogpt2.hparams import HPARAMS_FILE, SIZES
 from picogpt2.status import status
+from picogpt2.vocabulary import has_vocabulary
 
 SMALL_FILES = [HPARAMS_FILE, "encoder.json", "vocab.bpe", "checkpoint", "model.ckpt.index"]
 SHARD_FILE = "model.ckpt.data-00000-of-00001"

@@ -4,7 +4,8 @@ top-p, drawn with a small RNG that any language can reproduce bit for bit.
 The rules, in order (as in OpenAI's sampler and transformers):
 
 1. ``z = float64(logits)``.
-2. Repetition penalty ``P`` (when given; 1 changes nothing): for every
+2. Repetition penalty ``P`` (when given; 1 changes nothing; ``P`` in
+   [1e-30, 1e30], so that no logit overflows): for every
    distinct id already in the prompt or the continuation, ``z[id] / P``
    where ``z[id] > 0``, else ``z[id] * P`` (the CTRL paper's rule, as
    transformers applies it, before everything below, greedy included).
@@ -36,13 +37,15 @@ falls within an ulp of a boundary).
 
 from __future__ import annotations
 
-import math
+from numbers import Integral, Real
 
 import numpy as np
 
 from picogpt2.errors import InputError
 
 MASK64 = (1 << 64) - 1
+# A penalty beyond these divides or multiplies a logit past float64's range.
+PENALTY_RANGE = (1e-30, 1e30)
 GAMMA = 0x9E3779B97F4A7C15  # the increment of SplitMix64's state
 
 
@@ -84,14 +87,26 @@ def check_sampling_args(
 ) -> None:
     """The one check of the sampling settings: ``InputError`` with a
     one-line reason for an invalid one (NaN is invalid everywhere)."""
+    numbers = {"temperature": temperature, "top-p": top_p, "repetition penalty": repetition_penalty}
+    for name, value in numbers.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
+            raise InputError(f"{name} must be a number, got {value!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, Integral)):
+        raise InputError(f"top-k must be an integer, got {top_k!r}")
     if temperature is not None and not temperature >= 0:
         raise InputError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise InputError(f"top-k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise InputError(f"top-p must be in (0, 1], got {top_p}")
-    if repetition_penalty is not None and not 0 < repetition_penalty < math.inf:
-        raise InputError(f"repetition penalty must be > 0 and finite, got {repetition_penalty}")
+    if (
+        repetition_penalty is not None
+        and not PENALTY_RANGE[0] <= repetition_penalty <= PENALTY_RANGE[1]
+    ):
+        raise InputError(
+            f"repetition penalty must be in [{PENALTY_RANGE[0]:g}, {PENALTY_RANGE[1]:g}] "
+            f"(no logit then overflows), got {repetition_penalty}"
+        )
 
 
 def is_greedy(temperature: float | None, top_k: int | None, top_p: float | None) -> bool:
@@ -138,7 +153,8 @@ def sample(
         return int(np.argmax(z))
     order = sorted_candidates(z, top_k)  # steps 4 and 5
     z = z[order]
-    cdf = np.cumsum(np.exp((z - z[0]) / (1.0 if temperature is None else temperature)))  # 6
+    with np.errstate(over="ignore"):  # a tiny temperature sends the gaps to -inf: exp gives 0
+        cdf = np.cumsum(np.exp((z - z[0]) / (1.0 if temperature is None else temperature)))  # 6
     if top_p is not None and top_p < 1:  # step 7
         crossing = int(np.argmax(cdf / cdf[-1] >= top_p))
         cdf = cdf[: crossing + 1]

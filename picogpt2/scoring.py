@@ -35,31 +35,39 @@ def token_nlls(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return -log_softmax(logits)[np.arange(len(targets)), targets]
 
 
+def windows(n: int, n_ctx: int, stride: int) -> list[tuple[int, int, int]]:
+    """The windows over ``n`` tokens: (begin, end, first row scored). Row j
+    of a window predicts token ``begin + j + 1``; a window scores the
+    tokens after the last one scored (position 0 never is)."""
+    spans, scored_end = [], 1
+    for begin in range(0, n, stride):
+        end = min(begin + n_ctx, n)
+        spans.append((begin, end, max(scored_end - begin - 1, 0)))
+        scored_end = end
+        if end == n:
+            break
+    return spans
+
+
 def sliding_window_nll(
     model: GPT2,
     ids: list[int],
     stride: int,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """NLL of the tokens each window scores, in order: every token after the
     first, once, [len(ids) - 1], when stride < n_ctx. With stride == n_ctx
     the windows do not overlap, and (as in transformers' guide, whose labels
     shift inside each window) the first token of each later window has no
-    context there and is not scored."""
-    n_ctx, n = model.hparams.n_ctx, len(ids)
-    nlls, scored_end = [], 1  # positions before scored_end are done (0 never is)
-    for begin in range(0, n, stride):
-        end = min(begin + n_ctx, n)
+    context there and is not scored. ``progress`` is told how many tokens
+    each window scored."""
+    nlls = []
+    for begin, end, first_row in windows(len(ids), model.hparams.n_ctx, stride):
         window = ids[begin:end]
-        # Row j predicts window[j + 1], i.e. position begin + j + 1.
-        first_row = max(scored_end - begin - 1, 0)
         logits = model.logits(window)[first_row : len(window) - 1]
         nlls.append(token_nlls(logits, np.asarray(window[first_row + 1 :])))
-        scored_end = end
         if progress:
-            progress(end - 1, n - 1)
-        if end == n:
-            break
+            progress(len(nlls[-1]))
     return np.concatenate(nlls) if nlls else np.zeros(0)
 
 
@@ -77,16 +85,11 @@ def score(model: GPT2, text: str, stride: int | None = None) -> dict[str, float 
     window = min(len(ids), n_ctx)
     check_fits(scoring_bytes(model.hparams, window, model.dtype.itemsize),
                f"scoring windows of {window} tokens", model.backend.available())  # fmt: skip
-    long = len(ids) - 1 > n_ctx
-    progress = Progress("scored", len(ids) - 1, unit="tokens", scale=1)
-    last = [0]
-
-    def advance(done: int, total: int) -> None:
-        progress.update(done - last[0])
-        last[0] = done
-
-    nll = sliding_window_nll(model, ids, stride, advance if long else None)
-    if long:
+    spans = windows(len(ids), n_ctx, stride)
+    progress = Progress("scored", sum(end - begin - 1 - first for begin, end, first in spans),
+                        unit="tokens", scale=1)  # fmt: skip
+    nll = sliding_window_nll(model, ids, stride, progress.update if len(spans) > 1 else None)
+    if len(spans) > 1:
         progress.finish()
     n_bytes = len(text.encode("utf-8"))
     return {

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from picogpt2.errors import InputError, PicoGPT2Error
 from picogpt2.status import status
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 token``, ``2 tokens``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def decode_utf8(data: bytes, what: str) -> str:
@@ -59,7 +65,8 @@ def parse_ids(text: str, what: str) -> list[int]:
             ):
                 raise ValueError
             return values
-        return [int(v) for v in text.replace(",", " ").split()]
+        fields = re.split(r"\s*,\s*|\s+", text.strip()) if text.strip() else []
+        return [int(v) for v in fields]  # an empty field ("1,,2") is not an integer
     except ValueError:
         raise InputError(
             f"{what}: expected token ids (comma-separated integers, or a JSON array), "

@@ -23,10 +23,19 @@ from pathlib import Path
 from typing import TextIO
 
 from picogpt2.cli import Parser, add_models_dir_argument, folder_argument, prog_name, run_cli
-from picogpt2.encoder import ENDOFTEXT, Encoder, bytes_to_unicode, load_encoder
+from picogpt2.encoder import Encoder, load_encoder
 from picogpt2.errors import InputError
+from picogpt2.fetch import DownloadError
 from picogpt2.loading import vocabulary_of
-from picogpt2.textio import argument_text, parse_ids, read_stdin, read_text_file, text_stdout
+from picogpt2.textio import (
+    argument_text,
+    parse_ids,
+    plural,
+    read_stdin,
+    read_text_file,
+    text_stdout,
+)
+from picogpt2.vocabulary import ENDOFTEXT, bytes_to_unicode
 
 SPELLING = bytes_to_unicode()  # byte -> its printable stand-in in the vocabulary files
 
@@ -41,7 +50,7 @@ def show_work(encoder: Encoder, text: str, out: TextIO) -> list[int]:
     spelling, every merge in order (rank and result) and its ids."""
     ids: list[int] = []
     pieces = encoder.pieces(text)
-    out.write(f"{len(pieces)} pieces from the pre-tokenizer\n")
+    out.write(f"{plural(len(pieces), 'piece')} from the pre-tokenizer\n")
     for n, piece in enumerate(pieces, start=1):
         data = piece.encode("utf-8")
         steps: list = []
@@ -73,6 +82,13 @@ def encode(encoder: Encoder, text: str, args: argparse.Namespace) -> list[int]:
 
 
 def decode(encoder: Encoder, ids: list[int], args: argparse.Namespace, out: TextIO) -> None:
+    """The text of ``ids`` and a line end (with --bytes: the exact bytes, and
+    nothing after them)."""
+    unknown = [i for i in ids if not 0 <= i < encoder.n_vocab]
+    if unknown:  # bad input, not a damaged vocabulary
+        raise InputError(
+            f"token id {unknown[0]} is not in the vocabulary (0 to {encoder.n_vocab - 1})"
+        )
     if args.bytes:
         out.flush()
         sys.stdout.buffer.write(encoder.decode_bytes(ids))
@@ -112,17 +128,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Flags that mean nothing together are refused, never ignored."""
+    refused = {
+        "--bytes goes with --decode": args.bytes and not args.decode,
+        "--special is for encoding text; --decode writes 50256 as <|endoftext|> anyway": (
+            args.special and args.decode
+        ),
+        "--show-work prints text, not JSON lines: give one text, without --jsonl": (
+            args.show_work and args.jsonl
+        ),
+        "--show-work shows encoding; --decode has no merges to show": (
+            args.show_work and args.decode
+        ),
+        "give the input as an argument or with --file, not both": (
+            args.file is not None and args.text is not None
+        ),
+    }
+    for message, bad in refused.items():
+        if bad:
+            raise InputError(message)
+
+
+def lines_of(text: str) -> list[str]:
+    """JSON lines' rows: the text split at each \n (and a \r before it) alone,
+    never at the other characters ``str.splitlines`` takes for line ends."""
+    rows = text.split("\n")
+    if rows[-1] == "":  # the line end of the last row
+        rows.pop()
+    return [row.removesuffix("\r") for row in rows]
+
+
 def tokens(args: argparse.Namespace) -> int:
-    if args.bytes and not args.decode:
-        raise InputError("--bytes goes with --decode")
-    if args.file is not None and args.text is not None:
-        raise InputError("give the input as an argument or with --file, not both")
+    check_flags(args)
     out = text_stdout()
-    folder = vocabulary_of(args.model_size, args.models_dir, args.vocab_dir, option="--vocab-dir")
+    try:
+        folder = vocabulary_of(args.model_size, args.models_dir, args.vocab_dir,
+                               option="--vocab-dir")  # fmt: skip
+    except DownloadError as e:  # offline: a folder with the vocabulary is the way round
+        raise DownloadError(f"{e}; or name a folder with the vocabulary: --vocab-dir") from None
     encoder = load_encoder(folder)
     text = read_input(args)
-    lines = text.splitlines() if args.jsonl else [text]
-    for line in lines:
+    for line in lines_of(text) if args.jsonl else [text]:
         if args.decode:
             decode(encoder, parse_ids(line, "--decode"), args, out)
         elif args.show_work:

@@ -7,10 +7,10 @@ from picogpt2.encoder import (
     UNICODE_17_DIGITS,
     UNICODE_17_LETTERS,
     Encoder,
-    EncoderFileError,
     UnknownTokenError,
     load_encoder,
 )
+from picogpt2.vocabulary import EncoderFileError
 
 KNOWN = {
     "Hello my name is": [15496, 616, 1438, 318],

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from picogpt2.encoder import bytes_to_unicode
 from picogpt2.formats.tf_bundle import write_tf_checkpoint
 from picogpt2.hparams import HParams
 from picogpt2.params import schema
+from picogpt2.vocabulary import bytes_to_unicode
 
 # A small merge list over the byte alphabet, enough to exercise BPE.
 MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n")]

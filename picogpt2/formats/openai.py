@@ -20,7 +20,6 @@ import numpy as np
 
 from picogpt2.atomic import atomic_folder
 from picogpt2.crc32c import unmask
-from picogpt2.encoder import copy_vocabulary
 from picogpt2.formats import cache
 from picogpt2.formats.safetensors import WEIGHTS_FILE
 from picogpt2.formats.tf_bundle import (
@@ -34,6 +33,7 @@ from picogpt2.formats.tf_bundle import (
 from picogpt2.hparams import HPARAMS_FILE, HParams, read_hparams, write_hparams
 from picogpt2.params import check_shapes
 from picogpt2.status import Progress
+from picogpt2.vocabulary import copy_vocabulary
 
 NAME = "openai"
 DESCRIPTION = "OpenAI's layout: hparams.json, encoder.json, vocab.bpe, a TensorFlow checkpoint"

@@ -32,10 +32,10 @@ import numpy as np
 
 from picogpt2.atomic import atomic_folder, atomic_write
 from picogpt2.crc32c import crc32c
-from picogpt2.encoder import copy_vocabulary
 from picogpt2.errors import WeightsError
 from picogpt2.hparams import HPARAMS_FILE, HParams, read_hparams, write_hparams
 from picogpt2.params import Shapes, check_shapes
+from picogpt2.vocabulary import copy_vocabulary
 
 NAME = "safetensors"
 DESCRIPTION = "hparams.json, model.safetensors (the checkpoint's names and shapes), the vocabulary"

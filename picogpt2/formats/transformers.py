@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from picogpt2.atomic import atomic_folder
-from picogpt2.encoder import copy_vocabulary, load_encoder
+from picogpt2.encoder import load_encoder
 from picogpt2.errors import FormatError
 from picogpt2.formats import cache
 from picogpt2.formats.safetensors import (
@@ -33,6 +33,7 @@ from picogpt2.formats.safetensors import (
 )
 from picogpt2.hparams import HParams, parse_hparams
 from picogpt2.params import Tensor, check_layer_count, check_shapes, schema
+from picogpt2.vocabulary import copy_vocabulary
 
 NAME = "hf"
 DESCRIPTION = "a transformers folder: config.json, model.safetensors, vocab.json, merges.txt"
