@@ -39,7 +39,12 @@ BLOCK = (
     Key("q", "[n_layer, n_head, n, head_dim]", "queries: c_attn's first third, in heads", RTOL32),
     Key("k", "[n_layer, n_head, n, head_dim]", "keys: c_attn's second third", RTOL32),
     Key("v", "[n_layer, n_head, n, head_dim]", "values: c_attn's last third", RTOL32),
-    Key("attn", "[n_layer, n_head, n, n]", "softmax(q k^T / sqrt(head_dim)), causal", RTOL32),
+    Key(
+        "attn",
+        "[n_layer, n_head, n, n]",
+        "softmax(q k^T / sqrt(head_dim)), causal: masked entries (j > i) exactly 0",
+        RTOL32,
+    ),
     Key("attn_out", "[n_layer, n, n_embd]", "attention output after c_proj", RTOL32),
     Key(
         "resid_attn", "[n_layer, n, n_embd]", "x + attn_out: the residual stream mid-block", RTOL32
@@ -64,7 +69,8 @@ KEYS = {key.name: key for key in (IDS, HIDDEN, *BLOCK, LN_F, LOGITS)}
 ATTN_DEFAULT = "attn"  # the one block key a plain dump holds (with --attn)
 
 # dump --generate N: one row per generated token (teacher forcing: the
-# figures come from one forward pass over the prompt and the new ids).
+# figures come from one forward pass over the prompt and the first N-1 new
+# ids). The other keys still cover the prompt only.
 GENERATION = {
     "gen_ids": "[N] int64: the ids chosen",
     "gen_logprob": "[N] float64: log-softmax of the chosen id",

@@ -1,7 +1,7 @@
 """A small, deterministic GPT-2 in every format, with its reference outputs:
 what a C or Rust implementer starts from, without a 500 MB download.
 
-    python -m picogpt2.fixture fixture/ [--seed 0] [--layers 2 --heads 4 --width 64 --context 64]
+    python -m picogpt2.fixture fixture/ [--seed 0] [--layers 2 --heads 4 --width 64 --context 48]
 
 The weights come from SplitMix64 (``sampling.SplitMix64``) by a formula any
 language can repeat; the vocabulary is GPT-2's real one (50,257 tokens).
@@ -191,7 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layers", type=int, default=2, help="n_layer (default: 2)")
     parser.add_argument("--heads", type=int, default=4, help="n_head (default: 4)")
     parser.add_argument("--width", type=int, default=64, help="n_embd (default: 64)")
-    parser.add_argument("--context", type=int, default=64, help="n_ctx (default: 64)")
+    parser.add_argument(
+        "--context",
+        type=int,
+        default=48,
+        help="n_ctx (default: 48, not the width: so that wpe's shape shows its orientation)",
+    )
     parser.add_argument(
         "--encoder-dir",
         type=folder_argument,

@@ -14,7 +14,11 @@ nothing in the math: every row is its own sequence.
 Pitfalls that implementations get wrong, each pinned down here:
 - GELU is the tanh approximation, not the exact erf form;
 - layer norm uses the biased variance with eps 1e-5 inside the square root;
-- ``c_attn``'s output splits into q, k, v in that order, then into heads;
+- ``c_attn``'s output splits into q, k, v in that order (thirds of its
+  3*n_embd columns), then into heads: head h of q is columns
+  [h*head_dim, (h+1)*head_dim) of the first third, and likewise for k and
+  v; merging the heads puts them back side by side in that order (head 0's
+  head_dim columns first) before ``c_proj``;
 - attention scores are scaled by 1/sqrt(head_dim) before the causal mask;
 - the output head is ``wte`` transposed, with no bias;
 - weights are [in, out] (``x @ w``), as stored, never transposed.

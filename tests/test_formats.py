@@ -244,6 +244,7 @@ def test_a_truncated_llmc_file_is_named(ours, tmp_path):
 
 
 @pytest.mark.parametrize("fmt, out", [("hf", "out-hf"), ("openai", "out-openai"),
+                                      ("safetensors", "out-safetensors"),
                                       ("llmc", "out.bin")])  # fmt: skip
 def test_export_round_trips_bit_exactly(models, ours, tmp_path, fmt, out):
     r = run("export", "tiny", "--models-dir", str(models), "--to", fmt, str(tmp_path / out))
@@ -258,6 +259,21 @@ def test_export_round_trips_bit_exactly(models, ours, tmp_path, fmt, out):
     np.testing.assert_array_equal(back.logits(IDS), ours.logits(IDS))
     again = run("export", "tiny", "--models-dir", str(models), "--to", fmt, str(tmp_path / out))
     one_line_error(again, 2, "exists: name a new file or folder")
+
+
+def test_our_safetensors_layout_is_the_checkpoints_names_in_one_file(models, ours, tmp_path):
+    out = tmp_path / "st"
+    assert run("export", "tiny", "--models-dir", str(models), "--to", "safetensors",
+               str(out)).returncode == 0  # fmt: skip
+    files = ["encoder.json", "hparams.json", "model.safetensors", "vocab.bpe"]
+    assert sorted(p.name for p in out.iterdir()) == files
+    tensors, metadata = read_tensors(out / WEIGHTS_FILE)
+    expected = {t.name: t.shape for t in schema(ours.hparams)}
+    assert {k: v.shape for k, v in tensors.items()} == expected
+    assert all(v.dtype == np.float32 for v in tensors.values()) and "crc32c" in metadata
+    assert json.loads((out / "hparams.json").read_text()) == ours.hparams.as_dict()
+    r = run("download", str(out), "--verify")
+    assert r.returncode == 0 and "all 28 tensors match their CRC-32C" in text(r.stderr)
 
 
 def test_llmc_export_pads_the_vocabulary_with_zero_rows(models, ours, tmp_path):
@@ -291,6 +307,14 @@ def test_fixture_is_byte_identical_when_regenerated(fixture_dir, real_dir, tmp_p
     assert (other / "hf" / WEIGHTS_FILE).read_bytes() != (
         fixture_dir / "hf" / WEIGHTS_FILE
     ).read_bytes()
+
+
+def test_fixture_default_shapes_show_every_orientation_but_c_projs(fixture_dir):
+    # Context 48, width 64: wpe is not square; only attn/c_proj's weight is.
+    tensors = open_model("openai", fixture_dir).tensors
+    square = sorted({k.split("/", 2)[-1] for k, v in tensors.items()
+                     if v.ndim > 1 and v.shape[-1] == v.shape[-2]})  # fmt: skip
+    assert square == ["attn/c_proj/w"] and tensors["model/wpe"].shape == (48, 64)
 
 
 def test_fixture_weights_follow_the_documented_formula(fixture_dir):

@@ -85,6 +85,27 @@ def test_generate_records_each_step(dumps, models):
     np.testing.assert_allclose(ref["gen_logprob"], ref["gen_top_logprobs"][:, 0])
     assert (ref["gen_gap"] >= 0).all() and (np.diff(ref["gen_top_logits"], axis=1) <= 0).all()
     assert (np.exp(ref["gen_top_logprobs"]).sum(1) <= 1 + 1e-12).all()
+    # Every other key covers the prompt only, as the README says.
+    n = len(ids)
+    assert ref["ids"].tolist() == ids and ref["logits"].shape[0] == n
+    assert ref["hidden"].shape[1] == ref["attn"].shape[-1] == n
+
+
+def test_the_dump_keys_are_exactly_as_the_readme_states(dumps, models):
+    ref = load(dumps / "float64.npz")
+    n = ref["attn"].shape[-1]
+    above = np.triu(np.ones((n, n), bool), 1)
+    assert (ref["attn"][..., above] == 0).all()  # masked entries: exactly 0
+    blocks = load_model("tiny", models, dtype="float64").params["blocks"]
+    for i, block in enumerate(blocks):  # head h of q: columns [h*8, (h+1)*8) of the first third
+        qkv = gpt2.linear(ref["ln_1"][i][None], **block["attn"]["c_attn"])[0]
+        for h in range(4):
+            np.testing.assert_allclose(ref["q"][i, h], qkv[:, h * 8 : (h + 1) * 8], rtol=1e-12)
+            np.testing.assert_allclose(ref["v"][i, h], qkv[:, 64 + h * 8 : 64 + (h + 1) * 8],
+                                       rtol=1e-12)  # fmt: skip
+        merged = np.concatenate([ref["attn"][i, h] @ ref["v"][i, h] for h in range(4)], axis=-1)
+        out = gpt2.linear(merged[None], **block["attn"]["c_proj"])[0]
+        np.testing.assert_allclose(ref["attn_out"][i], out, rtol=1e-10)
 
 
 @pytest.mark.parametrize("fmt, name", [("safetensors", "d.safetensors"), ("npy-dir", "d")])
