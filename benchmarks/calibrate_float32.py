@@ -37,9 +37,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from tiny import tiny_tensors  # noqa: E402
 
 from picogpt2 import gpt2  # noqa: E402
-from picogpt2.activations import BLOCK, RTOL32  # noqa: E402
+from picogpt2.activations import BLOCK, RTOL32, forward_order  # noqa: E402
+from picogpt2.comparison import measure  # noqa: E402
 from picogpt2.hparams import SIZES  # noqa: E402
+from picogpt2.isolation import Isolation  # noqa: E402
 from picogpt2.params import map_params, params_from_tensors  # noqa: E402
+from picogpt2.scoring import log_softmax  # noqa: E402
 from picogpt2.trace import Trace  # noqa: E402
 
 KEYS = ["hidden", *(k.name for k in BLOCK), "ln_f", "logits"]
@@ -50,49 +53,60 @@ def sequential_sum(products: np.ndarray, axis: int, accumulate: np.dtype) -> np.
     return np.cumsum(products, axis=axis, dtype=accumulate).take(-1, axis=axis).astype(np.float32)
 
 
-def naive_functions(accumulate: np.dtype) -> dict[str, Callable]:
-    """gpt2.py's reductions, redone as plain loops would do them."""
+class Naive:
+    """gpt2.py's reductions, redone as plain loops would do them: every sum
+    left to right, accumulated in ``accumulate``."""
 
-    def matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    def __init__(self, accumulate: np.dtype) -> None:
+        self.accumulate = accumulate
+
+    def functions(self) -> dict[str, Callable]:
+        names = ("matmul", "layer_norm", "softmax", "attention_scores", "attention", "lm_head")
+        return {name: getattr(self, name) for name in names}
+
+    def sum(self, products: np.ndarray, axis: int) -> np.ndarray:
+        return sequential_sum(products, axis, self.accumulate)
+
+    def matmul(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         n_batch, n_seq, n_in = x.shape
         rows = x.reshape(-1, n_in)
-        out = np.stack([sequential_sum(row[:, None] * w, 0, accumulate) for row in rows])
-        return out.reshape(n_batch, n_seq, -1)
+        return np.stack([self.sum(row[:, None] * w, 0) for row in rows]).reshape(n_batch, n_seq, -1)
 
-    def mean(x: np.ndarray) -> np.ndarray:
-        return sequential_sum(x, -1, accumulate)[..., None] / np.float32(x.shape[-1])
+    def mean(self, x: np.ndarray) -> np.ndarray:
+        return self.sum(x, -1)[..., None] / np.float32(x.shape[-1])
 
-    def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-        centred = x - mean(x)
-        return g * centred / np.sqrt(mean(centred * centred) + np.float32(eps)) + b
+    def layer_norm(self, x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5):
+        centred = x - self.mean(x)
+        return g * centred / np.sqrt(self.mean(centred * centred) + np.float32(eps)) + b
 
-    def softmax(x: np.ndarray) -> np.ndarray:
+    def softmax(self, x: np.ndarray) -> np.ndarray:
         e = np.exp(x - np.max(x, axis=-1, keepdims=True))
-        return e / sequential_sum(e, -1, accumulate)[..., None]
+        return e / self.sum(e, -1)[..., None]
 
-    def attention_probs(q: np.ndarray, k: np.ndarray) -> np.ndarray:
-        n_seq, n_kv = q.shape[-2], k.shape[-2]
-        scores = sequential_sum(q[..., :, None, :] * k[..., None, :, :], -1, accumulate)
-        scores = scores / np.float32(math.sqrt(q.shape[-1]))
-        visible = np.tri(n_seq, n_kv, n_kv - n_seq, dtype=bool)
-        return softmax(np.where(visible, scores, -np.inf))
+    @staticmethod
+    def per_head(f: Callable, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``f`` one batch row and head at a time: long sequences stay small."""
+        return np.stack([np.stack([f(x, y) for x, y in zip(a_, b_, strict=True)])
+                         for a_, b_ in zip(a, b, strict=True)])  # fmt: skip
 
-    def attention(q, k, v, trace=gpt2.NO_TRACE):
-        probs = attention_probs(q, k)
-        trace.record(attn=probs)
-        return sequential_sum(probs[..., :, :, None] * v[..., None, :, :], -2, accumulate)
+    def attention_scores(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        def one(q_, k_):  # [n_seq, head_dim], [n_kv, head_dim]
+            return self.sum(q_[:, None, :] * k_[None, :, :], -1)
 
-    def lm_head(x: np.ndarray, wte: np.ndarray) -> np.ndarray:
-        return matmul(x, wte.T)
+        return self.per_head(one, q, k) / np.float32(math.sqrt(q.shape[-1]))
 
-    return {
-        "matmul": matmul,
-        "layer_norm": layer_norm,
-        "softmax": softmax,
-        "attention_probs": attention_probs,
-        "attention": attention,
-        "lm_head": lm_head,
-    }
+    def attention(self, q, k, v, trace=gpt2.NO_TRACE):
+        scores = self.attention_scores(q, k)
+        probs = gpt2.causal_softmax(scores)
+        trace.record(attn_scores=scores, attn=probs)
+
+        def one(p_, v_):  # [n_seq, n_kv], [n_kv, head_dim]
+            return self.sum(p_[:, :, None] * v_[None, :, :], 1)
+
+        return self.per_head(one, probs, v)
+
+    def lm_head(self, x: np.ndarray, wte: np.ndarray) -> np.ndarray:
+        return self.matmul(x, wte.T)
 
 
 def run(params, n_head: int, ids: np.ndarray, patch: dict[str, Callable]) -> dict:
@@ -127,11 +141,34 @@ def worst(candidate: np.ndarray, reference: np.ndarray, key: str) -> float:
     return float(max(errors))
 
 
+def alone(params, n_head: int, result: dict[str, np.ndarray], ids: np.ndarray) -> dict:
+    """Each key's error against its operation recomputed in float64 from the
+    pass's own inputs (compare --model's isolation), the worst layer."""
+    n_layer = len(params["blocks"])
+    layers = {k: ({None: v} if k in ("ln_f", "logits") else dict(enumerate(v)))
+              for k, v in result.items()}  # fmt: skip
+    isolation = Isolation(params, n_head, layers, ids)
+    errors: dict[str, float] = {}
+    for key, layer in forward_order(n_layer):
+        if key == "ids":
+            continue
+        expected, _ = isolation.isolated(key, layer)
+        how = {"transform": log_softmax} if key == "logits" else {}
+        if key == "attn_scores":
+            how = {"mask": np.tril(np.ones(expected.shape[-2:], bool))}
+        worst_abs, scale, _ = measure(expected, layers[key][layer], **how)
+        errors[key] = max(errors.get(key, 0.0), worst_abs / scale)
+    return errors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="124M")
     parser.add_argument("--tokens", default="10,64", help="prompt lengths, comma-separated")
     parser.add_argument("--layers", type=int, default=None, help="fewer blocks, to go faster")
+    parser.add_argument(
+        "--variants", default="ours,naive,naive, double sums", help="which passes to measure"
+    )
     args = parser.parse_args()
     h = SIZES[args.size]
     if args.layers:
@@ -139,8 +176,9 @@ def main() -> None:
     tensors = tiny_tensors(h.as_dict(), seed=0, scale=0.02)
     params64 = map_params(params_from_tensors(tensors, h), lambda a: a.astype(np.float64))
     params32 = map_params(params_from_tensors(tensors, h), lambda a: a.astype(np.float32))
-    variants = {"ours": {}, "naive": naive_functions(np.dtype(np.float32)),
-                "naive, double sums": naive_functions(np.dtype(np.float64))}  # fmt: skip
+    variants = {"ours": {}, "naive": Naive(np.dtype(np.float32)).functions(),
+                "naive, double sums": Naive(np.dtype(np.float64)).functions()}  # fmt: skip
+    variants = {name: variants[name] for name in args.variants.split(",")}
     rng = np.random.default_rng(1)
     print(f"{args.size} shapes ({h.n_layer} blocks), random weights; relative error against our "
           f"float64 pass, the worst layer; tolerance {RTOL32:g}")  # fmt: skip
@@ -153,6 +191,11 @@ def main() -> None:
         for key in KEYS:
             cells = [worst(results[name][key], reference[key], key) for name in variants]
             print(f"{key:12}" + "".join(f"{e:12.2e} ({RTOL32 / e:5.1f}x)" for e in cells))
+        print(f"\n{n} tokens, each operation alone (recomputed from the pass's own inputs)")
+        print(f"{'key':12}" + "".join(f"{name:>22}" for name in variants))
+        alones = {name: alone(params32, h.n_head, results[name], ids) for name in variants}
+        for key in KEYS:
+            print(f"{key:12}" + "".join(f"{alones[name][key]:22.2e}" for name in variants))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,16 @@ from dataclasses import dataclass
 # most 1.4e-6 of the largest magnitude, for every key and layer.
 RTOL32 = 2e-5
 RTOL64 = 1e-10
+# An operation alone (compare --model recomputes it from the candidate's own
+# inputs) carries none of the error before it, only its own rounding: our
+# float32 at most 4e-7, sums taken left to right in float32 at most 2.4e-6
+# (mlp_out's 3072-term sums), elementwise operations 1e-7 (124M shapes;
+# benchmarks/calibrate_float32.py). So these are much tighter than RTOL32,
+# and a bug too small to see in the carried error shows alone.
+ALONE_ELEMENTWISE = 1e-6  # adds, softmax, GELU
+ALONE_NORM = 5e-6  # layer norms: sums over n_embd
+ALONE_PRODUCT = 1e-5  # matrix products over n_embd, or over the positions
+ALONE_LONG = 2e-5  # the MLP's projection, over 4*n_embd
 
 
 @dataclass(frozen=True)
@@ -30,36 +40,57 @@ class Key:
     shape: str
     where: str
     rtol32: float
+    alone32: float = ALONE_PRODUCT
     per_layer: bool = True
 
 
 # The inside of block i, in forward order (dump --detail).
 BLOCK = (
-    Key("ln_1", "[n_layer, n, n_embd]", "ln_1(x), the input of attention", RTOL32),
+    Key("ln_1", "[n_layer, n, n_embd]", "ln_1(x), the input of attention", RTOL32, ALONE_NORM),
     Key("q", "[n_layer, n_head, n, head_dim]", "queries: c_attn's first third, in heads", RTOL32),
     Key("k", "[n_layer, n_head, n, head_dim]", "keys: c_attn's second third", RTOL32),
     Key("v", "[n_layer, n_head, n, head_dim]", "values: c_attn's last third", RTOL32),
     Key(
-        "attn",
+        "attn_scores",
         "[n_layer, n_head, n, n]",
-        "softmax(q k^T / sqrt(head_dim)), causal: masked entries (j > i) exactly 0",
+        "q k^T / sqrt(head_dim), before the mask (judged on the causal triangle)",
         RTOL32,
     ),
-    Key("attn_out", "[n_layer, n, n_embd]", "attention output after c_proj", RTOL32),
     Key(
-        "resid_attn", "[n_layer, n, n_embd]", "x + attn_out: the residual stream mid-block", RTOL32
+        "attn",
+        "[n_layer, n_head, n, n]",
+        "softmax of the masked scores: masked entries (j > i) exactly 0",
+        RTOL32,
+        ALONE_ELEMENTWISE,
     ),
-    Key("ln_2", "[n_layer, n, n_embd]", "ln_2 of the residual stream, the MLP's input", RTOL32),
-    Key("mlp_hidden", "[n_layer, n, 4*n_embd]", "gelu(c_fc(ln_2))", RTOL32),
-    Key("mlp_out", "[n_layer, n, n_embd]", "c_proj of mlp_hidden", RTOL32),
+    Key("attn_heads", "[n_layer, n, n_embd]", "attn @ v, the heads merged, before c_proj", RTOL32),
+    Key("attn_out", "[n_layer, n, n_embd]", "c_proj of attn_heads", RTOL32),
+    Key(
+        "resid_attn",
+        "[n_layer, n, n_embd]",
+        "x + attn_out: the residual stream mid-block",
+        RTOL32,
+        ALONE_ELEMENTWISE,
+    ),
+    Key(
+        "ln_2",
+        "[n_layer, n, n_embd]",
+        "ln_2 of the residual stream, the MLP's input",
+        RTOL32,
+        ALONE_NORM,
+    ),
+    Key("mlp_pre", "[n_layer, n, 4*n_embd]", "c_fc(ln_2), before GELU", RTOL32),
+    Key("mlp_hidden", "[n_layer, n, 4*n_embd]", "gelu(mlp_pre)", RTOL32, ALONE_ELEMENTWISE),
+    Key("mlp_out", "[n_layer, n, n_embd]", "c_proj of mlp_hidden", RTOL32, ALONE_LONG),
 )
 HIDDEN = Key(
     "hidden",
     "[n_layer+1, n, n_embd]",
     "the residual stream: [0] = wte[ids] + wpe, [i+1] = block i's output (no final norm)",
     RTOL32,
+    ALONE_ELEMENTWISE,
 )
-LN_F = Key("ln_f", "[n, n_embd]", "ln_f(hidden[-1])", RTOL32, per_layer=False)
+LN_F = Key("ln_f", "[n, n_embd]", "ln_f(hidden[-1])", RTOL32, ALONE_NORM, per_layer=False)
 LOGITS = Key(
     "logits", "[n, n_vocab]", "ln_f @ wte.T, compared as log-softmax", RTOL32, per_layer=False
 )

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import struct
+import zipfile
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -109,18 +113,55 @@ def write_npy(path: Path, array: np.ndarray, out: Path) -> None:
 
 
 def load_dump(path: Path) -> Dump:
-    """The arrays of a dump in any of the formats. Nothing is unpickled."""
+    """The arrays of a dump in any of the formats (or one ``KEY.npy``),
+    memory-mapped where the file allows, so that comparing two large dumps
+    reads them a slice at a time. Nothing is unpickled; a file that cannot
+    be read as a dump is bad input, named in one line."""
     try:
         if path.is_dir():
             files = sorted(path.glob("*.npy"))
             if not files:
                 raise InputError(f"{path}: a folder with no .npy files")
-            return {f.stem: np.load(f, allow_pickle=False) for f in files}
+            return {f.stem: np.load(f, mmap_mode="r", allow_pickle=False) for f in files}
         if path.suffix == ".safetensors":
             return dict(read_tensors(path)[0])
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+        if path.suffix == ".npy":
+            return {path.stem: np.load(path, mmap_mode="r", allow_pickle=False)}
+        return _npz_members(path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file or folder") from None
-    except (OSError, ValueError, WeightsError) as e:
+    except (OSError, ValueError, EOFError, WeightsError, zipfile.BadZipFile) as e:
         raise InputError(f"{path}: not a dump picogpt2 can read ({e})") from None
+
+
+def _npz_members(path: Path) -> Dump:
+    """An ``.npz``'s arrays: those stored uncompressed (as ``np.savez``
+    stores them) memory-mapped where they lie in the archive, the others
+    read whole."""
+    arrays = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+        for info in archive.infolist():
+            key = info.filename.removesuffix(".npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                with archive.open(info) as member:
+                    arrays[key] = np.load(io.BytesIO(member.read()), allow_pickle=False)
+                continue
+            f.seek(info.header_offset + 26)  # the local header's name and extra lengths
+            name_length, extra_length = struct.unpack("<HH", f.read(4))
+            f.seek(info.header_offset + 30 + name_length + extra_length)
+            arrays[key] = _npy_at(f, path)
+    return arrays
+
+
+def _npy_at(f: BinaryIO, path: Path) -> np.ndarray:
+    """The ``.npy`` that starts at ``f``'s position, memory-mapped."""
+    version = np.lib.format.read_magic(f)
+    header = np.lib.format.read_array_header_2_0 if version >= (2, 0) else (
+        np.lib.format.read_array_header_1_0)  # fmt: skip
+    shape, fortran, dtype = header(f)
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects, which picogpt2 never unpickles")
+    if math.prod(shape) == 0:
+        return np.zeros(shape, dtype)
+    order = "F" if fortran else "C"
+    return np.memmap(path, dtype, mode="r", offset=f.tell(), shape=shape, order=order)

@@ -146,8 +146,9 @@ computed in double precision and rounded once.
 - `reference.safetensors`: every activation of one forward pass over the
   prompt {PROMPT!r} (ids {summary["prompt_ids"]}), as `python -m
   picogpt2.dump --detail` writes them (`ids`, `hidden`, `ln_1`, `q`, `k`,
-  `v`, `attn`, `attn_out`, `resid_attn`, `ln_2`, `mlp_hidden`, `mlp_out`,
-  `ln_f`, `logits`: picogpt2's README documents each), and {N_GENERATE} greedy
+  `v`, `attn_scores`, `attn`, `attn_heads`, `attn_out`, `resid_attn`,
+  `ln_2`, `mlp_pre`, `mlp_hidden`, `mlp_out`, `ln_f`, `logits`:
+  picogpt2's README documents each), and {N_GENERATE} greedy
   tokens after it with their log-probabilities (`gen_ids`, `gen_logprob`,
   `gen_top_ids`, `gen_top_logprobs`, `gen_top_logits`, `gen_gap`). Greedy
   ids: {summary["greedy"]}.

@@ -84,23 +84,25 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def ffn(x: np.ndarray, c_fc: Params, c_proj: Params, trace: Trace = NO_TRACE) -> np.ndarray:
     """[n_batch, n_seq, n_embd] -> [n_batch, n_seq, 4*n_embd] -> [n_batch, n_seq, n_embd]"""
-    h = gelu(linear(x, **c_fc))  # [n_batch, n_seq, 4*n_embd]
+    pre = linear(x, **c_fc)  # [n_batch, n_seq, 4*n_embd]
+    h = gelu(pre)
     out = linear(h, **c_proj)
-    trace.record(mlp_hidden=h, mlp_out=out)
+    trace.record(mlp_pre=pre, mlp_hidden=h, mlp_out=out)
     return out
 
 
-def attention_probs(q: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """How much each of the last ``n_seq`` positions attends to each of all
-    ``n_kv``: softmax of the scaled scores, causally masked.
+def attention_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """How well each query matches each key, scaled by 1/sqrt(head_dim):
+    q [..., n_seq, head_dim], k [..., n_kv, head_dim] -> [..., n_seq, n_kv]"""
+    return q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
 
-    q [n_batch, n_head, n_seq, head_dim], k [n_batch, n_head, n_kv, head_dim]
-    -> [n_batch, n_head, n_seq, n_kv]
-    """
-    n_seq, n_kv = q.shape[-2], k.shape[-2]
-    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])  # [..., n_seq, n_kv]
-    # Query i sits at position n_kv - n_seq + i and sees keys up to there.
-    visible = np.tri(n_seq, n_kv, n_kv - n_seq, dtype=bool, like=q)
+
+def causal_softmax(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the keys each query may see: [..., n_seq, n_kv] -> same,
+    the masked entries exactly 0. Query i sits at position n_kv - n_seq + i
+    and sees keys up to there."""
+    n_seq, n_kv = scores.shape[-2:]
+    visible = np.tri(n_seq, n_kv, n_kv - n_seq, dtype=bool, like=scores)
     return softmax(np.where(visible, scores, -np.inf))
 
 
@@ -108,8 +110,9 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, trace: Trace = NO_TRA
     """Causal attention of the last ``n_seq`` positions over all ``n_kv``:
     q [n_batch, n_head, n_seq, head_dim], k and v [n_batch, n_head, n_kv,
     head_dim] -> [n_batch, n_head, n_seq, head_dim]"""
-    probs = attention_probs(q, k)  # [n_batch, n_head, n_seq, n_kv]
-    trace.record(attn=probs)
+    scores = attention_scores(q, k)  # [n_batch, n_head, n_seq, n_kv]
+    probs = causal_softmax(scores)
+    trace.record(attn_scores=scores, attn=probs)
     return probs @ v
 
 
@@ -140,8 +143,9 @@ def mha(
     trace.record(q=q, k=k, v=v)  # [n_batch, n_head, n_seq, head_dim] each
     if cache is not None:
         k, v = cache.extend(k, v)  # [n_batch, n_head, n_kv, head_dim]
-    out = linear(merge_heads(attention(q, k, v, trace)), **c_proj)
-    trace.record(attn_out=out)
+    heads = merge_heads(attention(q, k, v, trace))  # [n_batch, n_seq, n_embd]
+    out = linear(heads, **c_proj)
+    trace.record(attn_heads=heads, attn_out=out)
     return out
 
 

@@ -54,21 +54,24 @@ def open_model(
     *,
     download: bool = True,
     encoder_dir: str | Path | None = None,
+    vocabulary: bool = True,
 ) -> ModelFiles:
     """The model ``name`` (a name in the models folder, or a path), in
     whatever format it is, its tensors checked against its sizes.
     ``download=False`` raises instead of fetching a released size;
     ``encoder_dir`` is a folder with the vocabulary, for a model that has
-    none beside it (an llm.c file)."""
+    none beside it (an llm.c file); ``vocabulary=False`` opens the weights
+    alone (``ModelFiles.vocabulary`` is then the format's folder, unchecked)."""
     path = locate(name, models_dir)
     with _mended(name):
         if str(name) in SIZES:
             releases.ensure_release(str(name), path, download=download)
         fmt = _format(path)
-        vocabulary = _vocabulary(path, fmt, encoder_dir, "--encoder-dir")  # before any conversion
+        folder = (_vocabulary(path, fmt, encoder_dir, "--encoder-dir") if vocabulary
+                  else fmt.vocabulary(path))  # checked before any conversion  # fmt: skip
         hparams, tensors = fmt.read(path)
     check_tensors(tensors, hparams, path)
-    return ModelFiles(path, fmt.NAME, hparams, tensors, vocabulary)
+    return ModelFiles(path, fmt.NAME, hparams, tensors, folder)
 
 
 def peek_hparams(name: str | Path, models_dir: str | Path | None = None) -> HParams | None:

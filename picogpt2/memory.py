@@ -84,7 +84,7 @@ def trace_bytes(h: HParams, n: int, itemsize: int, detail: bool) -> int:
     """A trace of ``n`` positions, kept twice (the trace, then its stacked
     NumPy copy): the residual stream, the logits and, with ``detail``,
     every block's inside (the attention probabilities are n x n per head)."""
-    per_block = 12 * n * h.n_embd + h.n_head * n * n if detail else 0
+    per_block = 17 * n * h.n_embd + 2 * h.n_head * n * n if detail else 0
     kept = (h.n_layer + 2) * n * h.n_embd + n * h.n_vocab + h.n_layer * per_block
     return 2 * kept * itemsize + forward_bytes(h, 1, n, n, itemsize)
 

@@ -113,8 +113,9 @@ class GPT2:
         - ``ln_f`` [n, n_embd]: the final layer norm's output
         - ``attn`` [n_layer, n_head, n, n] attention probabilities, if asked
         - with ``detail``, the inside of every block, stacked over layers:
-          ``ln_1``, ``q``, ``k``, ``v``, ``attn``, ``attn_out``,
-          ``resid_attn``, ``ln_2``, ``mlp_hidden``, ``mlp_out``
+          ``ln_1``, ``q``, ``k``, ``v``, ``attn_scores``, ``attn``,
+          ``attn_heads``, ``attn_out``, ``resid_attn``, ``ln_2``,
+          ``mlp_pre``, ``mlp_hidden``, ``mlp_out``
         """
         trace = Trace()
         device_ids = self.upload_ids(ids)

@@ -331,7 +331,7 @@ def test_a_candidate_holding_inf_is_not_ok_without_warnings(models, tmp_path):
     r = run("compare", str(ref), str(tmp_path / "mine.npz"))
     assert r.returncode == 1 and "Warning" not in text(r.stderr), text(r.stderr)
     assert "not finite, so no log-softmax" in text(r.stdout)
-    assert "first wrong: hidden[1]" in text(r.stdout)
+    assert "first over tolerance: hidden[1]" in text(r.stdout)
 
 
 # -- 12. bad input is exit 2 everywhere -----------------------------------------
