@@ -59,15 +59,20 @@ class Activations:
 def read_ours(dump: Mapping[str, np.ndarray]) -> Activations:
     """A dump in our names (the reference always is)."""
     out = Activations()
+    single = []
     for name, array in dump.items():
         one = ONE_LAYER.match(name)
         if one and one["key"] in KEYS:
-            out.add(one["key"], int(one["i"] or one["j"]), np.asarray(array))
+            out.add(one["key"], int(one["i"] or one["j"]), array)
+            single.append(name)
         elif name in KEYS and KEYS[name].per_layer:
             for i, layer in enumerate(array):
                 out.add(name, i, layer)
         else:
             out.add(name, None, array)
+    if single:
+        shown = ", ".join(sorted(single)[:3]) + (", ..." if len(single) > 3 else "")
+        out.notes.append(f"read {len(single)} keys saved one layer at a time ({shown})")
     return out
 
 

@@ -166,8 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             require_new(args.plot)
         reference, candidate = load_dump(args.reference), load_dump(args.candidate)
         model = load_weights(args.model, args.models_dir) if args.model else None
+
+        def release() -> None:
+            reference.release()
+            candidate.release()
+
         comparison = Comparison(reference, candidate, rtol=args.rtol, atol=args.atol,
-                                precision=args.precision, model=model)  # fmt: skip
+                                precision=args.precision, model=model, release=release)  # fmt: skip
         if args.plot is not None:
             title = f"{args.candidate.name} against {args.reference.name}"
             with atomic_write(args.plot) as f:

@@ -14,7 +14,7 @@ one blamed. Everything is read a layer at a time from memory-mapped files.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +56,16 @@ class Check:
         return label(self.key, self.layer)
 
 
+def blocks(array: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows) of ``array``, ``CHUNK`` rows at a time (a 0-d array
+    whole, an empty one once): a memory-mapped array is never read whole."""
+    if array.ndim == 0:
+        yield 0, array
+        return
+    for start in range(0, max(len(array), 1), CHUNK):
+        yield start, array[start : start + CHUNK]
+
+
 def measure(
     ref: np.ndarray, cand: np.ndarray, transform=None, mask: np.ndarray | None = None
 ) -> tuple[float, float, list[int]]:
@@ -63,9 +73,8 @@ def measure(
     a time; ``transform`` is applied to each block (row-wise), ``mask``
     (broadcast over the leading axes) picks the entries judged."""
     worst, scale, at = 0.0, 0.0, [0] * ref.ndim
-    for start in range(0, max(len(ref), 1) if ref.ndim else 1, CHUNK):
-        r = np.asarray(ref[start : start + CHUNK] if ref.ndim else ref, np.float64)
-        c = np.asarray(cand[start : start + CHUNK] if ref.ndim else cand, np.float64)
+    for (start, r), (_, c) in zip(blocks(ref), blocks(cand), strict=True):
+        r, c = np.asarray(r, np.float64), np.asarray(c, np.float64)
         if transform is not None:
             r, c = transform(r), transform(c)
         with np.errstate(invalid="ignore"):  # inf - inf: not finite either way
@@ -79,6 +88,12 @@ def measure(
             at = [int(i) for i in np.unravel_index(int(np.argmax(d)), d.shape)]
             at[0] += start if ref.ndim else 0
     return worst, scale, at
+
+
+def refuse_nan(array: np.ndarray, what: str, name: str) -> None:
+    """NaN is bad input, exit status 2 (an infinity is a wrong value)."""
+    if array.dtype.kind == "f" and any(np.isnan(b).any() for _, b in blocks(array)):
+        raise InputError(f"{what}: the {name} holds NaN")
 
 
 def verdict(key: str, layer: int | None, ref, cand, tol, **how) -> Check:
@@ -120,6 +135,7 @@ class Comparison:
         atol: float | None = None,
         precision: str | None = None,
         model: Model | None = None,
+        release: Callable[[], None] = lambda: None,
     ) -> None:
         self.reference = read_ours(ref)
         self.candidate = read_candidate(cand, self.reference)
@@ -131,10 +147,14 @@ class Comparison:
         self.mode = f"{self.precision} vs {ref_precision}"
         self.rtol_override, self.atol = rtol, atol or 0.0
         self.isolation = self.isolate(model) if model else None
-        self.checks = [self.check(key, layer) for key, layer in self.shared]
+        self.checks = []
+        for key, layer in self.shared:  # one layer of each file read at a time, then let go
+            self.checks.append(self.check(key, layer))
+            release()
         self.argmax = self.logit_summary = self.generation = None
         if "logits" in self.candidate.layers:
             self.compare_logits()
+            release()
         if "gen_ids" in self.candidate.layers:
             ref, cand = self.flat(self.reference), self.flat(self.candidate)
             self.generation = generation_report(ref, cand, self.tolerance("logits"))
@@ -166,10 +186,9 @@ class Comparison:
                 f"candidate {', '.join(sorted(cand)) or 'nothing'} (save yours under these "
                 "names, llm.c's or transformers': see compare in the README)"
             )
-        for name, acts in (("reference", ref), ("candidate", cand)):
-            for key, by_layer in acts.items():
-                if any(a.dtype.kind == "f" and np.isnan(a).any() for a in by_layer.values()):
-                    raise InputError(f"{key}: the {name} holds NaN")
+        for name, acts in (("reference", ref), ("candidate", cand)):  # the rest: as compared
+            for key in [k for k in acts if k.startswith("gen_")]:
+                refuse_nan(acts[key][None], key, name)
         both_ids = "ids" in cand and "ids" in ref
         if both_ids and not np.array_equal(ref["ids"][None], cand["ids"][None]):
             raise InputError("ids: the dumps are of different inputs")
@@ -201,10 +220,14 @@ class Comparison:
     def check(self, key: str, layer: int | None) -> Check:
         ref = self.reference.layers[key][layer]
         cand = self.candidate.layers[key][layer]
+        refuse_nan(ref, label(key, layer), "reference")
+        refuse_nan(cand, label(key, layer), "candidate")
         if key == "logits":
             result = self.logits_check(ref, cand)
         else:
             result = verdict(key, layer, ref, cand, self.tolerance(key), **self.how(key, ref))
+        if key == "attn":
+            result = self.attn_check(result, layer)
         if self.isolation is not None and key in KEYS and not np.isfinite(cand).all():
             result.alone_rel, result.alone_ok = float("inf"), False  # wrong as it stands
         elif self.isolation is not None and key in KEYS:
@@ -213,6 +236,22 @@ class Comparison:
                                  **self.how(key, alone))  # fmt: skip
             result.alone_rel, result.alone_ok = on_its_own.max_rel, on_its_own.ok
             result.alone_from = sources
+        return result
+
+    def attn_check(self, result: Check, layer: int | None) -> Check:
+        """Softmax moves its outputs by the scores' absolute error, so the
+        probabilities are held to the tolerance of the scores' magnitude
+        when the reference has them (large with trained weights)."""
+        scores = self.reference.layers.get("attn_scores", {}).get(layer)
+        if scores is None:
+            return result
+        _, scale, _ = measure(scores, scores, mask=np.tril(np.ones(scores.shape[-2:], bool)))
+        if scale <= 1:
+            return result
+        rtol, atol = self.tolerance("attn")
+        result.ok = result.max_abs <= atol + rtol * scale
+        result.max_rel = result.max_abs / scale
+        result.note = f"relative to the scores' largest value, {scale:.3g}"
         return result
 
     def logits_check(self, ref: np.ndarray, cand: np.ndarray) -> Check:
@@ -368,9 +407,8 @@ def distribution_summary(ref: np.ndarray, cand: np.ndarray) -> dict:
     are close but not exact: KL(reference || candidate) per position (mean
     and max), the overlap of the five most likely tokens, greedy agreement."""
     kl, overlap = [], []
-    for start in range(0, len(ref), CHUNK):
-        p = log_softmax(np.asarray(ref[start : start + CHUNK]))
-        q = log_softmax(np.asarray(cand[start : start + CHUNK]))
+    for (_, r), (_, c) in zip(blocks(ref), blocks(cand), strict=True):
+        p, q = log_softmax(np.asarray(r)), log_softmax(np.asarray(c))
         kl.append(np.sum(np.exp(p) * (p - q), axis=-1))
         top_p = np.argsort(-p, axis=-1, kind="stable")[:, :TOP]
         top_q = np.argsort(-q, axis=-1, kind="stable")[:, :TOP]

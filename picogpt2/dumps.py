@@ -14,17 +14,23 @@ from __future__ import annotations
 import io
 import json
 import math
+import mmap
+import os
 import struct
 import zipfile
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from picogpt2.atomic import atomic_folder, atomic_write
 from picogpt2.errors import InputError, WeightsError
-from picogpt2.formats.safetensors import read_tensors, write_tensors
+from picogpt2.formats.safetensors import (
+    NAME_DTYPES,
+    bfloat16_to_float32,
+    read_entries,
+    write_tensors,
+)
 from picogpt2.generation import Settings, generate_many
 from picogpt2.model import GPT2
 from picogpt2.scoring import log_softmax
@@ -112,56 +118,103 @@ def write_npy(path: Path, array: np.ndarray, out: Path) -> None:
         raise OSError(e.errno, e.strerror, str(out / path.name)) from None
 
 
-def load_dump(path: Path) -> Dump:
-    """The arrays of a dump in any of the formats (or one ``KEY.npy``),
-    memory-mapped where the file allows, so that comparing two large dumps
-    reads them a slice at a time. Nothing is unpickled; a file that cannot
-    be read as a dump is bad input, named in one line."""
+class MappedDump(dict):
+    """A dump read from its files: each array a view of the file, mapped
+    into memory, so that only the parts asked for are read. ``release``
+    lets go of every page read so far (they are read again from the file if
+    asked for again): comparing two large dumps a layer at a time then
+    holds one layer of each, never both files."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maps: list[mmap.mmap] = []
+
+    def map(self, path: Path) -> mmap.mmap | None:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return None
+            self.maps.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        return self.maps[-1]
+
+    @staticmethod
+    def view(mapped: mmap.mmap, offset: int, dtype: np.dtype, shape, fortran: bool = False):
+        count = math.prod(shape)
+        if count == 0:
+            return np.zeros(shape, dtype)
+        array = np.frombuffer(mapped, dtype, count, offset)
+        return array.reshape(shape, order="F" if fortran else "C")
+
+    def release(self) -> None:
+        for mapped in self.maps:
+            if hasattr(mapped, "madvise"):  # not on every platform: then the kernel decides
+                mapped.madvise(mmap.MADV_DONTNEED)
+
+
+def load_dump(path: Path) -> MappedDump:
+    """The arrays of a dump in any of the formats (or one ``KEY.npy``), as
+    views of its files (``MappedDump``). Nothing is unpickled; a file that
+    cannot be read as a dump is bad input, named in one line."""
+    dump = MappedDump()
     try:
         if path.is_dir():
             files = sorted(path.glob("*.npy"))
             if not files:
                 raise InputError(f"{path}: a folder with no .npy files")
-            return {f.stem: np.load(f, mmap_mode="r", allow_pickle=False) for f in files}
-        if path.suffix == ".safetensors":
-            return dict(read_tensors(path)[0])
-        if path.suffix == ".npy":
-            return {path.stem: np.load(path, mmap_mode="r", allow_pickle=False)}
-        return _npz_members(path)
+            for file in files:
+                dump[file.stem] = _npy(dump, file, 0)
+        elif path.suffix == ".safetensors":
+            _safetensors(dump, path)
+        elif path.suffix == ".npy":
+            dump[path.stem] = _npy(dump, path, 0)
+        else:
+            _npz_members(dump, path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file or folder") from None
     except (OSError, ValueError, EOFError, WeightsError, zipfile.BadZipFile) as e:
         raise InputError(f"{path}: not a dump picogpt2 can read ({e})") from None
+    return dump
 
 
-def _npz_members(path: Path) -> Dump:
+def _npy(dump: MappedDump, path: Path, start: int) -> np.ndarray:
+    """The ``.npy`` that starts at byte ``start`` of ``path``."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        version = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_2_0 if version >= (2, 0) else (
+            np.lib.format.read_array_header_1_0)  # fmt: skip
+        shape, fortran, dtype = header(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects, which picogpt2 never unpickles")
+    mapped = dump.map(path)
+    needed = offset + math.prod(shape) * dtype.itemsize
+    if mapped is None or needed > len(mapped):
+        raise ValueError(f"{path.name} is shorter than its header says (truncated)")
+    return dump.view(mapped, offset, dtype, shape, fortran)
+
+
+def _npz_members(dump: MappedDump, path: Path) -> None:
     """An ``.npz``'s arrays: those stored uncompressed (as ``np.savez``
-    stores them) memory-mapped where they lie in the archive, the others
-    read whole."""
-    arrays = {}
+    stores them) viewed where they lie in the archive, the others read."""
     with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
         for info in archive.infolist():
             key = info.filename.removesuffix(".npy")
             if info.compress_type != zipfile.ZIP_STORED:
                 with archive.open(info) as member:
-                    arrays[key] = np.load(io.BytesIO(member.read()), allow_pickle=False)
+                    dump[key] = np.load(io.BytesIO(member.read()), allow_pickle=False)
                 continue
             f.seek(info.header_offset + 26)  # the local header's name and extra lengths
             name_length, extra_length = struct.unpack("<HH", f.read(4))
-            f.seek(info.header_offset + 30 + name_length + extra_length)
-            arrays[key] = _npy_at(f, path)
-    return arrays
+            dump[key] = _npy(dump, path, info.header_offset + 30 + name_length + extra_length)
 
 
-def _npy_at(f: BinaryIO, path: Path) -> np.ndarray:
-    """The ``.npy`` that starts at ``f``'s position, memory-mapped."""
-    version = np.lib.format.read_magic(f)
-    header = np.lib.format.read_array_header_2_0 if version >= (2, 0) else (
-        np.lib.format.read_array_header_1_0)  # fmt: skip
-    shape, fortran, dtype = header(f)
-    if dtype.hasobject:
-        raise ValueError("it holds Python objects, which picogpt2 never unpickles")
-    if math.prod(shape) == 0:
-        return np.zeros(shape, dtype)
-    order = "F" if fortran else "C"
-    return np.memmap(path, dtype, mode="r", offset=f.tell(), shape=shape, order=order)
+def _safetensors(dump: MappedDump, path: Path) -> None:
+    header, _, data_start = read_entries(path)
+    mapped = dump.map(path)
+    for name, info in header.items():
+        begin = data_start + info["data_offsets"][0]
+        if info["dtype"] == "BF16":
+            bits = dump.view(mapped, begin, NAME_DTYPES["BF16"], info["shape"])
+            dump[name] = bfloat16_to_float32(bits)
+        else:
+            dump[name] = dump.view(mapped, begin, NAME_DTYPES[info["dtype"]], info["shape"])

@@ -338,3 +338,17 @@ def test_the_plot_marks_the_blamed_operation(wide, c_build, tmp_path):
     assert "blamed: mlp_hidden[0], GELU of c_fc's output (block 0)" in texts
     again = compare(wide, out, "--plot", str(picture))
     one_line_error(again, 2, "exists: name a new file or folder")
+
+
+def test_attention_probabilities_are_held_to_the_scores_magnitude(tmp_path):
+    rng = np.random.default_rng(0)
+    scores = (rng.standard_normal((1, 2, 6, 6)) * 10).astype(np.float64)  # trained weights' size
+    attn = gpt2.causal_softmax(scores)
+    shifted = np.where(np.tril(np.ones((6, 6), bool)), attn + 4e-5, 0.0)  # scores off by 4e-5
+    np.savez(tmp_path / "ref.npz", attn_scores=scores, attn=attn)
+    np.savez(tmp_path / "mine.npz", attn=shifted.astype(np.float32))
+    r = run("compare", str(tmp_path / "ref.npz"), str(tmp_path / "mine.npz"))
+    assert r.returncode == 0 and "relative to the scores' largest value" in text(r.stdout)
+    np.savez(tmp_path / "ref_alone.npz", attn=attn)  # no scores: judged against attn's own size
+    r = run("compare", str(tmp_path / "ref_alone.npz"), str(tmp_path / "mine.npz"))
+    assert r.returncode == 1, text(r.stdout)
