@@ -89,8 +89,13 @@ def trace_bytes(h: HParams, n: int, itemsize: int, detail: bool) -> int:
     return 2 * kept * itemsize + forward_bytes(h, 1, n, n, itemsize)
 
 
-def scoring_bytes(h: HParams, n_window: int, itemsize: int) -> int:
+def scoring_bytes(h: HParams, n_window: int, itemsize: int, nll_rows: int) -> int:
     """Scoring one window of ``n_window`` tokens: its forward pass, its
-    logits, and their float64 log-softmax (with its temporaries)."""
-    logits = n_window * h.n_vocab
-    return forward_bytes(h, 1, n_window, n_window, itemsize) + logits * (itemsize + 3 * 8)
+    logits, and the float64 log-softmax (with its temporaries) of
+    ``nll_rows`` of them at a time."""
+    log_softmax = min(n_window, nll_rows) * h.n_vocab * 3 * 8
+    return (
+        forward_bytes(h, 1, n_window, n_window, itemsize)
+        + n_window * h.n_vocab * itemsize
+        + log_softmax
+    )

@@ -1,17 +1,26 @@
-"""Score a text file: token count, mean negative log-likelihood, perplexity
-and bits per byte under GPT-2.
+"""Score a text file, or a whole corpus: token count, mean negative
+log-likelihood, perplexity and bits per byte under GPT-2.
 
     python -m picogpt2.score book.txt [--stride 512] [--json]
+    python -m picogpt2.score --corpus in.jsonl --out out.jsonl [--workers 2]
+    python -m picogpt2.score --corpus in.jsonl --out out.jsonl --scheduler tcp://host:8786
 
 Texts longer than n_ctx are scored with the sliding window of transformers'
 perplexity guide (``scoring.py`` states the rule), so the numbers compare
-with published ones.
+with published ones. A corpus is one JSON object per line, an id and a
+text; ``corpus.py`` says how it is scored and resumed.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, as_completed
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from picogpt2.cli import (
@@ -22,10 +31,24 @@ from picogpt2.cli import (
     prog_name,
     run_cli,
 )
-from picogpt2.errors import InputError
+from picogpt2.corpus import (
+    Spec,
+    Submit,
+    Writer,
+    local_pool,
+    read_corpus,
+    resume,
+    run,
+    score_chunk,
+)
+from picogpt2.errors import InputError, PicoGPT2Error
+from picogpt2.loading import peek_hparams
 from picogpt2.model import DTYPES, load_model
 from picogpt2.scoring import score
-from picogpt2.textio import read_text_file
+from picogpt2.status import Progress, status
+from picogpt2.textio import plural, read_text_file
+
+RETRIES = 3  # a chunk's reruns on Dask after an error (a lost worker's are the scheduler's)
 
 
 def print_result(result: dict[str, float | int], as_json: bool) -> None:
@@ -42,9 +65,10 @@ def build_parser() -> Parser:
     parser = Parser(
         prog=prog_name("score"),
         description="Mean negative log-likelihood (nats per token), perplexity and bits "
-        "per byte of a UTF-8 text file under GPT-2, with transformers' sliding window.",
+        "per byte of a UTF-8 text file under GPT-2, with transformers' sliding window; or of "
+        "every document of a JSON-lines corpus, on local workers or a Dask cluster.",
     )
-    parser.add_argument("file", type=Path, help="UTF-8 text file")
+    parser.add_argument("file", type=Path, nargs="?", default=None, help="UTF-8 text file")
     parser.add_argument(
         "--stride", type=int, default=None, help="tokens between window starts (default: n_ctx / 2)"
     )
@@ -55,7 +79,136 @@ def build_parser() -> Parser:
     )
     add_model_arguments(parser)
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    corpus = parser.add_argument_group("a corpus")
+    corpus.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        metavar="IN.jsonl",
+        help="one JSON object per line, with an id and a text: score each document",
+    )
+    corpus.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="OUT.jsonl",
+        help="one record per document, as --json gives it, with its id; a run started again "
+        "goes on where it stopped",
+    )
+    corpus.add_argument("--text-key", default="text", help='the text\'s key (default: "text")')
+    corpus.add_argument("--id-key", default="id", help='the id\'s key (default: "id")')
+    corpus.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes on this machine, each loading the model once (default: 1)",
+    )
+    corpus.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="tcp://HOST:PORT",
+        help="a Dask cluster's scheduler to run on (pip install 'picogpt2[dask]')",
+    )
     return parser
+
+
+def score_file(args: argparse.Namespace) -> int:
+    text = read_text_file(args.file)
+    if not text.strip():
+        raise InputError(f"{args.file} is empty")
+    if "\x00" in text:
+        raise InputError(f"{args.file} looks binary (it contains NUL bytes), not text")
+    model = load_model(**model_options(args), dtype=args.dtype)
+    print_result(score(model, text, args.stride), args.json)
+    return 0
+
+
+def check_corpus_arguments(args: argparse.Namespace) -> None:
+    if args.out is None:
+        raise InputError("--corpus needs --out OUT.jsonl, where the records go")
+    if args.file is not None or args.json:
+        raise InputError("give a FILE (with --json) or --corpus, not both")
+    if args.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {args.workers}")
+    if args.scheduler is not None and args.workers != 1:
+        raise InputError("--workers is for this machine; a cluster's workers are its own")
+    if not args.out.parent.is_dir():
+        raise InputError(f"--out {args.out}: the folder {args.out.parent} does not exist")
+    hparams = peek_hparams(args.model_size, args.models_dir)
+    if hparams and args.stride is not None and args.stride > hparams.n_ctx:
+        raise InputError(f"--stride must be in [1, n_ctx ({hparams.n_ctx})], got {args.stride}")
+
+
+@dataclass
+class Workers:
+    """Where the chunks run: ``submit`` one (None: in this process), the
+    futures as they finish, and letting go of the workers at the end."""
+
+    submit: Submit | None = None
+    finished: Callable = as_completed
+    close: Callable[[], object] = lambda: None
+
+
+def cluster(address: str) -> Workers:
+    """The Dask cluster at ``address``."""
+    try:
+        from distributed import Client
+        from distributed import as_completed as dask_completed
+    except ImportError:
+        raise PicoGPT2Error(
+            "--scheduler needs Dask: pip install 'picogpt2[dask]' (dask and distributed)"
+        ) from None
+    try:
+        client = Client(address, timeout=30)
+    except (OSError, TimeoutError) as e:
+        raise PicoGPT2Error(f"cannot reach the Dask scheduler at {address}: {e}") from None
+
+    def submit(spec: Spec, chunk: list) -> Future:
+        return client.submit(score_chunk, spec, chunk, pure=False, retries=RETRIES)
+
+    return Workers(submit, dask_completed, client.close)
+
+
+def workers(args: argparse.Namespace) -> Workers:
+    if args.scheduler is not None:
+        return cluster(args.scheduler)
+    if args.workers > 1:
+        pool = local_pool(args.workers)
+        return Workers(partial(pool.submit, score_chunk), close=partial(pool.shutdown,
+                       cancel_futures=True))  # fmt: skip
+    return Workers()
+
+
+def score_corpus(args: argparse.Namespace, given_models_dir: Path | None) -> int:
+    check_corpus_arguments(args)
+    docs = read_corpus(args.corpus, args.text_key, args.id_key)  # before any work
+    done = resume(args.out)
+    before = len(done & {d.key for d in docs})
+    spec = Spec(args.model_size, given_models_dir and str(given_models_dir),
+                args.encoder_dir and str(args.encoder_dir), args.dtype, args.stride)  # fmt: skip
+    where = workers(args)
+    todo = len(docs) - before
+    progress = Progress("scored", todo, unit="documents", scale=1)
+    start = time.perf_counter()
+
+    def advance(writer: Writer) -> None:
+        rate = writer.tokens / max(time.perf_counter() - start, 1e-9)
+        progress.label = f"scored ({writer.tokens:,} tokens, {rate:,.0f} tokens/s)"
+        progress.update(writer.documents - progress.done)
+
+    try:
+        with open(args.out, "a", encoding="utf-8") as out:
+            writer = Writer(out, done)
+            run(docs, spec, writer, where.submit, where.finished, advance)
+    finally:
+        where.close()
+    seconds = time.perf_counter() - start
+    status(
+        f"scored {plural(writer.documents, 'document')} ({writer.tokens:,} tokens) in "
+        f"{seconds:.1f} s ({writer.tokens / max(seconds, 1e-9):,.0f} tokens/s); "
+        f"{plural(writer.errors, 'error')}; {before:,} already in {args.out}"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,17 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
+        given_models_dir = args.models_dir
         check_model_argument(args)
-        text = read_text_file(args.file)
-        if not text.strip():
-            raise InputError(f"{args.file} is empty")
-        if "\x00" in text:
-            raise InputError(f"{args.file} looks binary (it contains NUL bytes), not text")
         if args.stride is not None and args.stride < 1:
             raise InputError(f"--stride must be >= 1, got {args.stride}")
-        model = load_model(**model_options(args), dtype=args.dtype)
-        print_result(score(model, text, args.stride), args.json)
-        return 0
+        if args.corpus is not None:
+            return score_corpus(args, given_models_dir)
+        if args.file is None:
+            raise InputError("give a FILE to score, or --corpus IN.jsonl --out OUT.jsonl")
+        return score_file(args)
 
     return run_cli(body, parser.prog)
 
