@@ -123,6 +123,17 @@ def score_file(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_out(out: Path, corpus: Path) -> None:
+    """``out`` can take the records: a file (new, or the records so far) in a
+    folder that exists, and not the corpus."""
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: the folder {out.parent} does not exist")
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder: name the file the records go to")
+    if out.exists() and corpus.exists() and out.samefile(corpus):
+        raise InputError(f"--out {out} is the corpus itself: name another file")
+
+
 def check_corpus_arguments(args: argparse.Namespace) -> None:
     if args.out is None:
         raise InputError("--corpus needs --out OUT.jsonl, where the records go")
@@ -132,8 +143,7 @@ def check_corpus_arguments(args: argparse.Namespace) -> None:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
     if args.scheduler is not None and args.workers != 1:
         raise InputError("--workers is for this machine; a cluster's workers are its own")
-    if not args.out.parent.is_dir():
-        raise InputError(f"--out {args.out}: the folder {args.out.parent} does not exist")
+    check_out(args.out, args.corpus)
     hparams = peek_hparams(args.model_size, args.models_dir)
     if hparams and args.stride is not None and args.stride > hparams.n_ctx:
         raise InputError(f"--stride must be in [1, n_ctx ({hparams.n_ctx})], got {args.stride}")

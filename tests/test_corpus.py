@@ -160,6 +160,27 @@ def test_a_repeated_id_is_bad_input_before_any_work(models, tmp_path):
     assert not (tmp_path / "out.jsonl").exists()
 
 
+@pytest.mark.parametrize(
+    ("out", "extra", "words"),
+    [
+        (None, [], "--corpus needs --out"),
+        ("in.jsonl", [], "is the corpus itself"),
+        (".", [], "is a folder"),
+        ("no/such/out.jsonl", [], "does not exist"),
+        ("out.jsonl", ["--workers", "0"], "--workers must be >= 1"),
+        ("out.jsonl", ["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "a cluster's"),
+        ("out.jsonl", ["--json"], "not both"),
+    ],
+)
+def test_bad_corpus_arguments_are_one_line_and_exit_2(models, tmp_path, out, extra, words):
+    corpus = write_corpus(tmp_path / "in.jsonl", ["a b", "c d"])
+    before = corpus.read_bytes()
+    where = [] if out is None else ["--out", str(tmp_path / out)]
+    r = run("score", "--corpus", str(corpus), *where, *extra, *tiny(models))
+    one_line_error(r, 2, words)
+    assert corpus.read_bytes() == before and not (tmp_path / "out.jsonl").exists()
+
+
 # -- Dask: a scheduler and two workers on loopback, one killed mid-run ---------------
 
 
