@@ -90,6 +90,12 @@ def measure(
     return worst, scale, at
 
 
+def causal(scores: np.ndarray) -> np.ndarray:
+    """Where attention scores [..., n, n] are used: the causal triangle (what
+    lies above it is masked, and llm.c leaves it unset)."""
+    return np.tril(np.ones(scores.shape[-2:], bool))
+
+
 def refuse_nan(array: np.ndarray, what: str, name: str) -> None:
     """NaN is bad input, exit status 2 (an infinity is a wrong value)."""
     if array.dtype.kind == "f" and any(np.isnan(b).any() for _, b in blocks(array)):
@@ -214,7 +220,7 @@ class Comparison:
         if key == "logits":
             return {"transform": log_softmax}
         if key == "attn_scores":  # what lies above the diagonal is never used
-            return {"mask": np.tril(np.ones(ref.shape[-2:], bool))}
+            return {"mask": causal(ref)}
         return {}
 
     def check(self, key: str, layer: int | None) -> Check:
@@ -245,7 +251,7 @@ class Comparison:
         scores = self.reference.layers.get("attn_scores", {}).get(layer)
         if scores is None:
             return result
-        _, scale, _ = measure(scores, scores, mask=np.tril(np.ones(scores.shape[-2:], bool)))
+        _, scale, _ = measure(scores, scores, mask=causal(scores))
         if scale <= 1:
             return result
         rtol, atol = self.tolerance("attn")

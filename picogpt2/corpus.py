@@ -49,6 +49,12 @@ class Spec:
     stride: int | None = None
 
 
+def key_of(doc_id: str | int | None, line: int | None) -> tuple:
+    """What identifies a document's record: its id (with its type, as 1 and
+    "1" are two ids), or its line when it has none."""
+    return ("id", type(doc_id).__name__, doc_id) if doc_id is not None else ("line", line)
+
+
 @dataclass(frozen=True)
 class Document:
     """One input line: its id and text, or the error that stops it being
@@ -61,9 +67,7 @@ class Document:
 
     @property
     def key(self) -> tuple:
-        """What identifies its record: its id, or its line without one."""
-        return ("id", type(self.id).__name__, self.id) if self.id is not None else (
-            "line", self.line)  # fmt: skip
+        return key_of(self.id, self.line)
 
     def error_record(self) -> dict:
         where = {"id": self.id} if self.id is not None else {"line": self.line}
@@ -110,9 +114,10 @@ def read_corpus(path: Path, text_key: str, id_key: str) -> list[Document]:
 
 
 def record_key(record: dict) -> tuple | None:
+    """The key of the document a record written by ``Writer`` is of."""
     if "id" in record and isinstance(record["id"], str | int):
-        return ("id", type(record["id"]).__name__, record["id"])
-    return ("line", record["line"]) if isinstance(record.get("line"), int) else None
+        return key_of(record["id"], None)
+    return key_of(None, record["line"]) if isinstance(record.get("line"), int) else None
 
 
 def resume(out: Path) -> set[tuple]:
