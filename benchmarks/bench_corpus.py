@@ -39,7 +39,7 @@ from bench_model import random_model  # noqa: E402
 ONE_AT_A_TIME = """
 import json, sys, time
 from picogpt2.model import load_model
-from picogpt2.scoring import score
+from picogpt2.scoring.perplexity import score
 model = load_model({name!r}, {models!r}, show_progress=False)
 texts = [json.loads(line)["text"] for line in open({corpus!r})]
 start, tokens = time.perf_counter(), 0

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from picogpt2.crc32c import crc32c  # noqa: E402
+from picogpt2.util.crc32c import crc32c  # noqa: E402
 
 SHARD_124M = 497_759_232
 

@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from tiny import tiny_tensors, vocab_files  # noqa: E402
 
-from picogpt2.formats.safetensors import WEIGHTS_FILE, write_tensors  # noqa: E402
 from picogpt2.hparams import SIZES  # noqa: E402
+from picogpt2.weights.formats.safetensors import WEIGHTS_FILE, write_tensors  # noqa: E402
 
 PROMPT, N_DECODE, N_PREFILL = 16, 64, 128
 REAL_VOCAB = ROOT.parent / "shared" / "gpt2-124M-real"

@@ -38,12 +38,12 @@ from tiny import tiny_tensors  # noqa: E402
 
 from picogpt2 import gpt2  # noqa: E402
 from picogpt2.activations import BLOCK, RTOL32, forward_order  # noqa: E402
-from picogpt2.comparison import measure  # noqa: E402
+from picogpt2.gpt2 import log_softmax  # noqa: E402
 from picogpt2.hparams import SIZES  # noqa: E402
-from picogpt2.isolation import Isolation  # noqa: E402
-from picogpt2.params import map_params, params_from_tensors  # noqa: E402
-from picogpt2.scoring import log_softmax  # noqa: E402
-from picogpt2.trace import Trace  # noqa: E402
+from picogpt2.oracle.comparison import measure  # noqa: E402
+from picogpt2.oracle.isolation import Isolation  # noqa: E402
+from picogpt2.state import Trace  # noqa: E402
+from picogpt2.weights.params import map_params, params_from_tensors  # noqa: E402
 
 KEYS = ["hidden", *(k.name for k in BLOCK), "ln_f", "logits"]
 

@@ -20,14 +20,15 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from picogpt2.atomic import atomic_write, require_new
-from picogpt2.cli import Parser, add_models_dir_argument, prog_name, run_cli
-from picogpt2.comparison import Check, Comparison, Model
-from picogpt2.dumps import load_dump
-from picogpt2.errors import InputError
-from picogpt2.loading import open_model
-from picogpt2.params import params_from_tensors
-from picogpt2.plot import svg
+from picogpt2.cli.arguments import Parser, add_models_dir_argument, prog_name
+from picogpt2.cli.running import run_cli
+from picogpt2.oracle.comparison import Check, Comparison, Model
+from picogpt2.oracle.dumps import load_dump
+from picogpt2.oracle.plot import svg
+from picogpt2.util.atomic import atomic_write, require_new
+from picogpt2.util.errors import InputError
+from picogpt2.weights.loading import open_model
+from picogpt2.weights.params import params_from_tensors
 
 PRECISIONS = ("float32", "float64")
 

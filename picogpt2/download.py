@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import sys
 
-from picogpt2 import locations
-from picogpt2.cli import Parser, add_models_dir_argument, prog_name, run_cli
-from picogpt2.errors import InputError
-from picogpt2.fetch import RETRIES
-from picogpt2.formats.safetensors import WEIGHTS_FILE
+from picogpt2.cli.arguments import Parser, add_models_dir_argument, prog_name
+from picogpt2.cli.running import run_cli
 from picogpt2.hparams import SIZES
-from picogpt2.releases import download_model
-from picogpt2.status import status
-from picogpt2.verification import verify_model
+from picogpt2.util.errors import InputError
+from picogpt2.util.status import status
+from picogpt2.weights import locations
+from picogpt2.weights.fetch import RETRIES
+from picogpt2.weights.formats.safetensors import WEIGHTS_FILE
+from picogpt2.weights.releases import download_model
+from picogpt2.weights.verification import verify_model
 
 
 def build_parser() -> Parser:

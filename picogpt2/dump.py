@@ -21,21 +21,21 @@ import sys
 from pathlib import Path
 
 from picogpt2.activations import BLOCK, GENERATION
-from picogpt2.cli import (
+from picogpt2.cli.arguments import (
     Parser,
     add_model_arguments,
     add_sampling_arguments,
     check_model_argument,
     model_options,
     prog_name,
-    run_cli,
     settings_of,
 )
-from picogpt2.dumps import FORMATS, check_output, generation_record, output_format, save_dump
-from picogpt2.errors import InputError
+from picogpt2.cli.running import run_cli
 from picogpt2.model import DTYPES, load_model
-from picogpt2.status import status
-from picogpt2.textio import argument_text, parse_ids
+from picogpt2.oracle.dumps import FORMATS, check_output, generation_record, output_format, save_dump
+from picogpt2.util.errors import InputError
+from picogpt2.util.status import status
+from picogpt2.util.textio import argument_text, parse_ids
 
 
 def build_parser() -> argparse.ArgumentParser:

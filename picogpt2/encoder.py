@@ -19,8 +19,8 @@ from typing import Literal
 
 import regex
 
-from picogpt2.errors import PicoGPT2Error
-from picogpt2.vocabulary import ENDOFTEXT, read_vocabulary
+from picogpt2.util.errors import PicoGPT2Error
+from picogpt2.weights.vocabulary import ENDOFTEXT, read_vocabulary
 
 # Letters and digits first assigned in Unicode 17.0. The `regex` module
 # classes them as \p{L} / \p{N}, while tiktoken's regex engine (Unicode

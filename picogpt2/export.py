@@ -18,18 +18,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from picogpt2.atomic import require_new
-from picogpt2.cli import (
+from picogpt2.cli.arguments import (
     Parser,
     add_encoder_dir_argument,
     add_models_dir_argument,
     prog_name,
-    run_cli,
 )
+from picogpt2.cli.running import run_cli
 from picogpt2.encoder import load_encoder
-from picogpt2.formats import FORMATS
-from picogpt2.loading import open_model
-from picogpt2.status import status
+from picogpt2.util.atomic import require_new
+from picogpt2.util.status import status
+from picogpt2.weights.formats import FORMATS
+from picogpt2.weights.loading import open_model
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,24 +18,31 @@ from pathlib import Path
 import numpy as np
 
 from picogpt2.activations import RTOL32
-from picogpt2.atomic import atomic_folder, require_new
-from picogpt2.backend import NUMPY
-from picogpt2.cli import Parser, add_models_dir_argument, folder_argument, prog_name, run_cli
-from picogpt2.dumps import generation_record
+from picogpt2.cli.arguments import Parser, add_models_dir_argument, folder_argument, prog_name
+from picogpt2.cli.running import run_cli
 from picogpt2.encoder import Encoder, load_encoder
-from picogpt2.errors import InputError
-from picogpt2.fetch import DownloadError
-from picogpt2.formats import llmc, openai, transformers
-from picogpt2.formats.safetensors import write_tensors
 from picogpt2.generation import Settings
-from picogpt2.hparams import HParams, parse_hparams
-from picogpt2.loading import vocabulary_of
-from picogpt2.memory import check_fits
+from picogpt2.hparams import HParams
 from picogpt2.model import GPT2
-from picogpt2.params import map_params, parameter_count, params_from_tensors, schema
+from picogpt2.oracle.dumps import generation_record
 from picogpt2.sampling import SplitMix64
-from picogpt2.status import status
-from picogpt2.vocabulary import copy_vocabulary
+from picogpt2.util.atomic import atomic_folder, require_new
+from picogpt2.util.backend import NUMPY
+from picogpt2.util.errors import InputError
+from picogpt2.util.memory import check_fits
+from picogpt2.util.status import status
+from picogpt2.weights.fetch import DownloadError
+from picogpt2.weights.formats import llmc, openai, transformers
+from picogpt2.weights.formats.safetensors import write_tensors
+from picogpt2.weights.loading import vocabulary_of
+from picogpt2.weights.params import (
+    map_params,
+    parameter_count,
+    params_from_tensors,
+    parse_hparams,
+    schema,
+)
+from picogpt2.weights.vocabulary import copy_vocabulary
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
 N_GENERATE = 16

@@ -25,19 +25,17 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: python picogpt2/generate.py
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from picogpt2.backend import get_backend  # noqa: E402
-from picogpt2.cli import (  # noqa: E402
+from picogpt2.cli.arguments import (  # noqa: E402
     Parser,
     add_model_arguments,
     add_sampling_arguments,
     check_model_argument,
     model_options,
     prog_name,
-    run_cli,
     settings_of,
 )
+from picogpt2.cli.running import run_cli  # noqa: E402
 from picogpt2.encoder import load_encoder  # noqa: E402
-from picogpt2.errors import InputError  # noqa: E402
 from picogpt2.generation import (  # noqa: E402
     Continuation,
     Settings,
@@ -48,13 +46,12 @@ from picogpt2.generation import (  # noqa: E402
     sample_text,
     stream_many,
 )
-from picogpt2.hparams import SIZES, read_hparams  # noqa: E402
-from picogpt2.loading import peek_hparams  # noqa: E402
-from picogpt2.locations import describe, locate  # noqa: E402
+from picogpt2.hparams import SIZES  # noqa: E402
 from picogpt2.model import GPT2, load_model  # noqa: E402
-from picogpt2.releases import download_model, is_missing  # noqa: E402
-from picogpt2.status import error, set_quiet, status  # noqa: E402
-from picogpt2.textio import (  # noqa: E402
+from picogpt2.util.backend import get_backend  # noqa: E402
+from picogpt2.util.errors import InputError  # noqa: E402
+from picogpt2.util.status import error, set_quiet, status  # noqa: E402
+from picogpt2.util.textio import (  # noqa: E402
     argument_text,
     decode_utf8,
     plural,
@@ -62,6 +59,10 @@ from picogpt2.textio import (  # noqa: E402
     strip_one_newline,
     text_stdout,
 )
+from picogpt2.weights.loading import peek_hparams  # noqa: E402
+from picogpt2.weights.locations import describe, locate  # noqa: E402
+from picogpt2.weights.params import read_hparams  # noqa: E402
+from picogpt2.weights.releases import download_model, is_missing  # noqa: E402
 
 SAMPLE_HEADER = "======== SAMPLE {} ========"  # as OpenAI's sampling scripts print
 

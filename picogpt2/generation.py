@@ -34,13 +34,13 @@ from typing import Protocol
 
 import numpy as np
 
-from picogpt2.backend import Backend
 from picogpt2.encoder import Encoder
-from picogpt2.errors import InputError
 from picogpt2.hparams import HParams
-from picogpt2.kvcache import KVCache
-from picogpt2.memory import check_fits, generation_bytes
 from picogpt2.sampling import SplitMix64, check_sampling_args, sample
+from picogpt2.state import KVCache
+from picogpt2.util.backend import Backend
+from picogpt2.util.errors import InputError
+from picogpt2.util.memory import check_fits, generation_bytes
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ Pitfalls that implementations get wrong, each pinned down here:
 - the output head is ``wte`` transposed, with no bias;
 - weights are [in, out] (``x @ w``), as stored, never transposed.
 
-Two optional arguments carry state, and neither changes the math: a layer's
-``KVCache`` (``kvcache.py``: the keys and values of the positions it has
+Two optional arguments carry state (``state.py``), and neither changes the
+math: a layer's ``KVCache`` (the keys and values of the positions it has
 seen, so decoding one more token costs one position's work) and a ``Trace``
-(``trace.py``: an out-parameter that records activations for dumps; the
-default records nothing).
+(an out-parameter that records activations for dumps; the default records
+nothing).
 
 Every operation goes through NumPy's functions, which hand CuPy arrays to
 CuPy (NEP 13/18 dispatch), so the same lines run on either backend. Scalars
@@ -40,8 +40,7 @@ import math
 
 import numpy as np
 
-from picogpt2.kvcache import KVCache
-from picogpt2.trace import NO_TRACE, Trace
+from picogpt2.state import NO_TRACE, KVCache, Trace
 
 Params = dict  # the weight tree, keyed as in the checkpoint (params.py builds it)
 
@@ -58,6 +57,15 @@ def softmax(x: np.ndarray) -> np.ndarray:
     """Softmax over the last axis; the max is subtracted so exp never overflows."""
     e = np.exp(x - np.max(x, axis=-1, keepdims=True))
     return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """log(softmax(x)) over the last axis, in float64. Not a step of the
+    forward pass, which ends at the logits: it is how scores and dumps
+    report them."""
+    z = x.astype(np.float64)
+    top = np.max(z, axis=-1, keepdims=True)
+    return z - top - np.log(np.sum(np.exp(z - top), axis=-1, keepdims=True))
 
 
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:

@@ -12,18 +12,17 @@ import numpy as np
 
 from picogpt2 import generation
 from picogpt2.activations import BLOCK
-from picogpt2.backend import Backend, get_backend, tune_malloc
 from picogpt2.encoder import Encoder, load_encoder
-from picogpt2.errors import InputError, WeightsError
 from picogpt2.generation import Settings, check_lengths
 from picogpt2.gpt2 import Params, gpt2
 from picogpt2.hparams import HParams
-from picogpt2.kvcache import KVCache
-from picogpt2.loading import open_model
-from picogpt2.memory import check_fits, trace_bytes
-from picogpt2.params import map_params, params_from_tensors
-from picogpt2.status import quiet
-from picogpt2.trace import NO_TRACE, Trace
+from picogpt2.state import NO_TRACE, KVCache, Trace
+from picogpt2.util.backend import Backend, get_backend, tune_malloc
+from picogpt2.util.errors import InputError, WeightsError
+from picogpt2.util.memory import check_fits, trace_bytes
+from picogpt2.util.status import quiet
+from picogpt2.weights.loading import open_model
+from picogpt2.weights.params import map_params, params_from_tensors
 
 DTYPES = ("float32", "float64")
 

@@ -41,7 +41,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from picogpt2.errors import InputError
+from picogpt2.util.errors import InputError
 
 MASK64 = (1 << 64) - 1
 # A penalty beyond these divides or multiplies a logit past float64's range.

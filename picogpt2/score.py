@@ -23,15 +23,16 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from picogpt2.cli import (
+from picogpt2.cli.arguments import (
     Parser,
     add_model_arguments,
     check_model_argument,
     model_options,
     prog_name,
-    run_cli,
 )
-from picogpt2.corpus import (
+from picogpt2.cli.running import run_cli
+from picogpt2.model import DTYPES, load_model
+from picogpt2.scoring.corpus import (
     Spec,
     Submit,
     Writer,
@@ -41,12 +42,11 @@ from picogpt2.corpus import (
     run,
     score_chunk,
 )
-from picogpt2.errors import InputError, PicoGPT2Error
-from picogpt2.loading import peek_hparams
-from picogpt2.model import DTYPES, load_model
-from picogpt2.scoring import score
-from picogpt2.status import Progress, status
-from picogpt2.textio import plural, read_text_file
+from picogpt2.scoring.perplexity import score
+from picogpt2.util.errors import InputError, PicoGPT2Error
+from picogpt2.util.status import Progress, status
+from picogpt2.util.textio import plural, read_text_file
+from picogpt2.weights.loading import peek_hparams
 
 RETRIES = 3  # a chunk's reruns on Dask after an error (a lost worker's are the scheduler's)
 

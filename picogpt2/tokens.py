@@ -22,12 +22,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from picogpt2.cli import Parser, add_models_dir_argument, folder_argument, prog_name, run_cli
+from picogpt2.cli.arguments import Parser, add_models_dir_argument, folder_argument, prog_name
+from picogpt2.cli.running import run_cli
 from picogpt2.encoder import Encoder, load_encoder
-from picogpt2.errors import InputError
-from picogpt2.fetch import DownloadError
-from picogpt2.loading import vocabulary_of
-from picogpt2.textio import (
+from picogpt2.util.errors import InputError
+from picogpt2.util.textio import (
     argument_text,
     parse_ids,
     plural,
@@ -35,7 +34,9 @@ from picogpt2.textio import (
     read_text_file,
     text_stdout,
 )
-from picogpt2.vocabulary import ENDOFTEXT, bytes_to_unicode
+from picogpt2.weights.fetch import DownloadError
+from picogpt2.weights.loading import vocabulary_of
+from picogpt2.weights.vocabulary import ENDOFTEXT, bytes_to_unicode
 
 SPELLING = bytes_to_unicode()  # byte -> its printable stand-in in the vocabulary files
 

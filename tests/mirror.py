@@ -107,7 +107,8 @@ def catalogue_env(tmp_path: Path, size: str, hparams: dict) -> dict[str, str]:
     folder = tmp_path / "catalogue"
     folder.mkdir(exist_ok=True)
     (folder / "sitecustomize.py").write_text(
-        "from picogpt2.hparams import SIZES, parse_hparams\n"
+        "from picogpt2.hparams import SIZES\n"
+        "from picogpt2.weights.params import parse_hparams\n"
         f"SIZES[{size!r}] = parse_hparams({json.dumps(hparams)}, 'tiny')\n"
     )
     path = os.pathsep.join([str(folder), str(ROOT)])

@@ -17,9 +17,9 @@ import pytest
 from numpy.lib.mixins import NDArrayOperatorsMixin
 from tiny import make_tiny_model
 
-from picogpt2.backend import Backend
 from picogpt2.model import GPT2, load_model
-from picogpt2.params import map_params
+from picogpt2.util.backend import Backend
+from picogpt2.weights.params import map_params
 
 
 class StrictArray(NDArrayOperatorsMixin):

@@ -18,7 +18,7 @@ CHURN = """
 import resource, sys
 import numpy as np
 import picogpt2
-from picogpt2.backend import get_backend, tune_malloc
+from picogpt2.util.backend import get_backend, tune_malloc
 case, models = sys.argv[1], sys.argv[2]
 get_backend("numpy")
 if case == "load_model":
@@ -58,7 +58,7 @@ def page_faults(case: str, models: Path) -> tuple[bool, int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
 def test_load_model_keeps_freed_memory_for_the_next_pass(models):
-    from picogpt2.backend import tune_malloc
+    from picogpt2.util.backend import tune_malloc
 
     if not tune_malloc():
         pytest.skip("this C library has no mallopt")

@@ -16,9 +16,9 @@ from mirror import ROOT, one_line_error, run, text
 from tiny import make_tiny_model, tiny_tensors
 
 from picogpt2 import gpt2
-from picogpt2.formats import safetensors
 from picogpt2.hparams import SIZES, HParams
 from picogpt2.model import load_model
+from picogpt2.weights.formats import safetensors
 
 H = HParams(**{**SIZES["124M"].as_dict(), "n_layer": 2})  # 124M's widths, two blocks
 IDS = list(range(5, 21))

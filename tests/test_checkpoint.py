@@ -3,8 +3,8 @@ import shutil
 import numpy as np
 import pytest
 
-from picogpt2.crc32c import crc32c, mask, unmask
-from picogpt2.formats.tf_bundle import (
+from picogpt2.util.crc32c import crc32c, mask, unmask
+from picogpt2.weights.formats.tf_bundle import (
     CheckpointError,
     find_checkpoint_prefix,
     read_tf_checkpoint,
@@ -46,7 +46,7 @@ def test_crc32c_matches_definition_and_continues(n):
 
 
 def test_crc32c_across_chunks():
-    from picogpt2 import crc32c as module
+    from picogpt2.util import crc32c as module
 
     data = np.random.default_rng(0).integers(0, 256, module.CHUNK * 2 + 77, dtype=np.uint8)
     expected = crc32c(data[: module.CHUNK])
@@ -198,7 +198,7 @@ def test_unsupported_dtype_is_named(tmp_path):
     write_tf_checkpoint(tmp_path / "model.ckpt", {"a": np.ones(2, np.float32)})
     index = tmp_path / "model.ckpt.index"
     # Rewrite the entry's dtype field (1: DT_FLOAT) as 7 (DT_STRING).
-    from picogpt2.formats.tf_bundle import build_table, read_table
+    from picogpt2.weights.formats.tf_bundle import build_table, read_table
 
     records = read_table(index)
     records = [(k, v.replace(b"\x08\x01", b"\x08\x07", 1) if k else v) for k, v in records]

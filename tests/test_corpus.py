@@ -84,7 +84,7 @@ def test_each_record_is_what_score_json_gives_that_text(models, tmp_path):
 
 
 def test_batches_pad_little_and_stay_within_the_positions_given():
-    from picogpt2.scoring import batches
+    from picogpt2.scoring.perplexity import batches
 
     lengths = [5, 60, 3, 30, 31, 64, 2, 7, 33]
     got = batches([[0] * n for n in lengths], 64)

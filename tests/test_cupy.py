@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from tiny import make_tiny_model
 
-from picogpt2.backend import BackendError, get_backend
 from picogpt2.model import load_model
+from picogpt2.util.backend import BackendError, get_backend
 
 try:
     get_backend("cupy")

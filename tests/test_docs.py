@@ -5,10 +5,10 @@ the README's line for line."""
 
 from pathlib import Path
 
-from picogpt2.formats import llmc
-from picogpt2.formats.transformers import hf_name
 from picogpt2.hparams import HParams
-from picogpt2.params import block_schema, schema
+from picogpt2.weights.formats import llmc
+from picogpt2.weights.formats.transformers import hf_name
+from picogpt2.weights.params import block_schema, schema
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # Sizes that cannot be mistaken for one another, and their names.

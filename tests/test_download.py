@@ -13,14 +13,15 @@ import pytest
 from mirror import ROOT, Mirror, catalogue_env, full_disk, one_line_error, run, text
 from tiny import make_tiny_model
 
-from picogpt2 import fetch
-from picogpt2.errors import InputError
-from picogpt2.fetch import DownloadError
-from picogpt2.formats import openai
-from picogpt2.formats.openai import is_converted
-from picogpt2.formats.safetensors import WEIGHTS_FILE
-from picogpt2.hparams import SIZES, parse_hparams
-from picogpt2.releases import MARKER_FILE, SHARD_FILE, SMALL_FILES, download_model
+from picogpt2.hparams import SIZES
+from picogpt2.util.errors import InputError
+from picogpt2.weights import fetch
+from picogpt2.weights.fetch import DownloadError
+from picogpt2.weights.formats import openai
+from picogpt2.weights.formats.openai import is_converted
+from picogpt2.weights.formats.safetensors import WEIGHTS_FILE
+from picogpt2.weights.params import parse_hparams
+from picogpt2.weights.releases import MARKER_FILE, SHARD_FILE, SMALL_FILES, download_model
 
 
 def load_weights(folder):

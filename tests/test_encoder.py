@@ -10,7 +10,7 @@ from picogpt2.encoder import (
     UnknownTokenError,
     load_encoder,
 )
-from picogpt2.vocabulary import EncoderFileError
+from picogpt2.weights.vocabulary import EncoderFileError
 
 KNOWN = {
     "Hello my name is": [15496, 616, 1438, 318],

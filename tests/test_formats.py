@@ -11,12 +11,12 @@ import pytest
 from mirror import one_line_error, run, text
 from tiny import make_tiny_model
 
-from picogpt2.formats import transformers as hf
-from picogpt2.formats.safetensors import WEIGHTS_FILE, read_tensors, write_tensors
-from picogpt2.loading import open_model
 from picogpt2.model import load_model
-from picogpt2.params import schema
 from picogpt2.sampling import SplitMix64
+from picogpt2.weights.formats import transformers as hf
+from picogpt2.weights.formats.safetensors import WEIGHTS_FILE, read_tensors, write_tensors
+from picogpt2.weights.loading import open_model
+from picogpt2.weights.params import schema
 
 IDS = [5, 17, 99, 3, 42, 8, 120, 7]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from tiny import make_tiny_model
 
-from picogpt2.backend import BackendError, get_backend
 from picogpt2.model import load_model
+from picogpt2.util.backend import BackendError, get_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,9 +3,9 @@ import pytest
 from tiny import make_tiny_model
 
 from picogpt2 import gpt2
-from picogpt2.errors import WeightsError
 from picogpt2.model import load_model
-from picogpt2.trace import Trace
+from picogpt2.state import Trace
+from picogpt2.util.errors import WeightsError
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +226,7 @@ def test_load_refuses_download_when_told(tmp_path):
 
 
 def test_unknown_dtype_and_backend(models):
-    from picogpt2.backend import BackendError
+    from picogpt2.util.backend import BackendError
 
     with pytest.raises(ValueError, match="dtype"):
         load_model("tiny", models, dtype="float16")
@@ -244,7 +244,7 @@ def test_sharded_openai_layout_folder_loads(tmp_path):
 def test_backend_from_environment(models, monkeypatch):
     # One rule everywhere: the argument, else $PICOGPT2_BACKEND, else NumPy.
     # load_model's own default used to be "numpy", ignoring the variable.
-    from picogpt2.backend import BackendError
+    from picogpt2.util.backend import BackendError
 
     monkeypatch.setenv("PICOGPT2_BACKEND", "numpy")
     assert load_model("tiny", models).backend.name == "numpy"

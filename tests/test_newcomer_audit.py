@@ -152,8 +152,8 @@ def test_too_many_samples_are_refused_before_anything_is_downloaded(tmp_path):
 
 
 def test_the_library_refuses_a_generation_that_cannot_fit(models):
-    from picogpt2.errors import InputError
     from picogpt2.model import load_model
+    from picogpt2.util.errors import InputError
 
     model = load_model("tiny", models, show_progress=False)
     with pytest.raises(InputError, match="10000000000 samples of 5 tokens would need about"):
@@ -385,7 +385,7 @@ def model(models):
     ],
 )
 def test_the_library_refuses_bad_arguments_with_its_own_error(model, call, words):
-    from picogpt2.errors import InputError
+    from picogpt2.util.errors import InputError
 
     with pytest.raises(InputError, match=words):
         call(model)
@@ -427,7 +427,7 @@ def test_stop_escapes_a_backslash():
 
 def test_an_unknown_tensor_in_a_transformers_file_is_named_with_the_file(models, tmp_path):
     folder = export(models, "hf", tmp_path / "hf")
-    from picogpt2.formats.safetensors import read_tensors, write_tensors
+    from picogpt2.weights.formats.safetensors import read_tensors, write_tensors
 
     tensors = {k: np.array(v) for k, v in read_tensors(folder / "model.safetensors")[0].items()}
     tensors["transformer.h.0.attn.rotary"] = np.zeros(3, np.float32)
@@ -454,9 +454,9 @@ def test_an_npy_folder_on_a_full_disk_names_the_file(models, tmp_path):
 def test_a_trace_and_a_score_that_cannot_fit_are_refused(model):
     from dataclasses import replace
 
-    from picogpt2.errors import InputError
     from picogpt2.model import GPT2
-    from picogpt2.scoring import score
+    from picogpt2.scoring.perplexity import score
+    from picogpt2.util.errors import InputError
 
     small = replace(model.backend, available=lambda: 10_000)  # bytes
     cramped = GPT2(model.hparams, model.encoder, model.params, small, "float32", model.model_dir)

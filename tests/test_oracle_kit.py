@@ -13,8 +13,8 @@ from tiny import make_tiny_model
 from picogpt2 import gpt2
 from picogpt2.activations import BLOCK, GENERATION, KEYS
 from picogpt2.encoder import load_encoder
-from picogpt2.formats.safetensors import read_tensors
 from picogpt2.model import load_model
+from picogpt2.weights.formats.safetensors import read_tensors
 
 IDS = "5,17,99,3,42,8,120,7,64,33"
 

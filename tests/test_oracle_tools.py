@@ -8,8 +8,8 @@ import pytest
 from mirror import one_line_error, run, text
 from tiny import make_tiny_model
 
-from picogpt2 import scoring
 from picogpt2.model import load_model
+from picogpt2.scoring import perplexity as scoring
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,20 @@
-"""The package's structure, as the README's "how the code is laid out"
-states it: no import cycles; the forward pass imports only its own state;
-commands are leaves (nothing imports one, and only they and the shared CLI
-helper know argparse); and every error picogpt2 raises on purpose derives
+"""The package's structure, as docs/layout.md states it: the reading path
+and the commands on top, everything else in a folder named for its job; no
+import cycles; the forward pass loads nothing but its own state; commands
+are leaves (nothing imports one, and only they and the ``cli`` package know
+argparse or ``cli``); and every error picogpt2 raises on purpose derives
 from ``PicoGPT2Error``, the one class the commands catch."""
 
 import ast
 import importlib
 import inspect
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import picogpt2
-from picogpt2.errors import PicoGPT2Error
+from picogpt2.util.errors import PicoGPT2Error
 
 PACKAGE = Path(picogpt2.__file__).parent
 
@@ -70,20 +74,53 @@ def test_no_import_cycles():
         assert cycle is None, " -> ".join(cycle)
 
 
+TOP_LEVEL = {"__init__.py", "gpt2.py", "state.py", "sampling.py", "generation.py", "encoder.py",
+             "model.py", "hparams.py", "activations.py", "generate.py", "download.py", "dump.py",
+             "score.py", "compare.py", "tokens.py", "export.py", "fixture.py"}  # fmt: skip
+FOLDERS = {"weights", "oracle", "scoring", "util", "cli"}
+
+
+def test_the_top_level_is_the_reading_path_and_the_commands():
+    files = {p.name for p in PACKAGE.iterdir() if p.is_file()}
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert files == TOP_LEVEL and len(files) <= 17
+    assert folders == FOLDERS
+    assert all((PACKAGE / f / "__init__.py").is_file() for f in FOLDERS)
+
+
+def loaded_by(module: str) -> list[str]:
+    """The picogpt2, requests and regex modules that importing ``module``
+    loads, measured in a fresh interpreter."""
+    code = (f"import {module}, sys, json; print(json.dumps(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('picogpt2', 'requests', 'regex'))))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=PACKAGE.parent, check=True)  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def test_the_spec_imports_nothing_it_does_not_use():
+    assert loaded_by("picogpt2.gpt2") == ["picogpt2", "picogpt2.gpt2", "picogpt2.state"]
+    assert loaded_by("picogpt2") == ["picogpt2"]  # lazy: GPT2 and load_model on first use
+    assert not any(m.startswith(("requests", "regex")) for m in loaded_by("picogpt2.sampling"))
+
+
 def test_the_forward_pass_imports_only_its_own_state():
-    assert GRAPH["picogpt2.gpt2"] == {"picogpt2.kvcache", "picogpt2.trace"}
-    assert GRAPH["picogpt2.kvcache"] == GRAPH["picogpt2.trace"] == set()
-    assert GRAPH["picogpt2.errors"] == set() and GRAPH["picogpt2.hparams"] <= {"picogpt2.errors"}
+    assert GRAPH["picogpt2.gpt2"] == {"picogpt2.state"}
+    assert GRAPH["picogpt2.state"] == GRAPH["picogpt2.hparams"] == set()
+    assert GRAPH["picogpt2.util.errors"] == set()
 
 
 def test_commands_are_leaves():
     for module, imported in GRAPH.items():
         assert not imported & COMMANDS, f"{module} imports the command {imported & COMMANDS}"
+        if module not in COMMANDS and not module.startswith("picogpt2.cli"):
+            cli = {m for m in imported if m.startswith("picogpt2.cli")}
+            assert not cli, f"{module} imports {cli}: the library knows no command line"
 
 
 def test_only_commands_and_the_cli_helper_know_argparse():
     for module, path in MODULES.items():
-        if module in COMMANDS or module == "picogpt2.cli":
+        if module in COMMANDS or module == "picogpt2.cli.arguments":
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         names = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)

@@ -14,8 +14,8 @@ import pytest
 from mirror import ROOT, Mirror, catalogue_env, full_disk, one_line_error, run, text
 from tiny import converted_tiny_models, make_tiny_model, tiny
 
-from picogpt2.formats.safetensors import WEIGHTS_FILE
-from picogpt2.releases import SHARD_FILE
+from picogpt2.weights.formats.safetensors import WEIGHTS_FILE
+from picogpt2.weights.releases import SHARD_FILE
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +343,7 @@ def test_default_models_folder_does_not_depend_on_the_working_directory(models, 
 
 
 def test_default_models_folder_rules(monkeypatch, tmp_path):
-    from picogpt2 import locations
+    from picogpt2.weights import locations
 
     monkeypatch.setenv("PICOGPT2_MODELS_DIR", str(tmp_path / "mine"))
     assert locations.default_models_dir() == tmp_path / "mine"

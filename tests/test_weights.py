@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 from tiny import make_tiny_model, tiny_tensors
 
-from picogpt2.crc32c import crc32c
-from picogpt2.errors import WeightsError
-from picogpt2.formats import cache, openai
-from picogpt2.formats.safetensors import (
+from picogpt2.util.crc32c import crc32c
+from picogpt2.util.errors import WeightsError
+from picogpt2.weights.formats import cache, openai
+from picogpt2.weights.formats.safetensors import (
     WEIGHTS_FILE,
     DamagedWeightsError,
     read_tensors,
     verify,
     write_tensors,
 )
-from picogpt2.formats.tf_bundle import write_tf_checkpoint
+from picogpt2.weights.formats.tf_bundle import write_tf_checkpoint
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from picogpt2.formats.tf_bundle import write_tf_checkpoint
 from picogpt2.hparams import HParams
-from picogpt2.params import schema
-from picogpt2.vocabulary import bytes_to_unicode
+from picogpt2.weights.formats.tf_bundle import write_tf_checkpoint
+from picogpt2.weights.params import schema
+from picogpt2.weights.vocabulary import bytes_to_unicode
 
 # A small merge list over the byte alphabet, enough to exercise BPE.
 MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n")]
@@ -69,7 +69,7 @@ def make_tiny_model(
 def converted_tiny_models(root: Path) -> Path:
     """A models folder holding "tiny" (context 64), converted once with its
     checkpoint kept, as a load leaves a user's own checkpoint."""
-    from picogpt2.formats import openai
+    from picogpt2.weights.formats import openai
 
     make_tiny_model(root / "tiny", n_ctx=64)
     openai.read(root / "tiny")

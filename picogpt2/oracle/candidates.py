@@ -1,0 +1,211 @@
+"""Reading a candidate's activations under the names people save them, into
+ours, one layer at a time: what ``compare`` judges.
+
+Three namings are understood, each change said in a one-line note:
+
+- ours (``dump``'s keys, ``activations.py``), stacked over layers
+  (``q`` [n_layer, n_head, n, head_dim]) or one layer at a time (``q[0]``
+  in an ``.npz``, or ``q.0.npy`` in a folder);
+- llm.c's ``ActivationTensors``: ``encoded``, ``ln1``, ``qkv``, ``preatt``,
+  ``att``, ``atty``, ``attproj``, ``residual2``, ``ln2``, ``fch``,
+  ``fch_gelu``, ``fcproj``, ``residual3``, ``lnf`` and ``logits``, with
+  their batch axis (B = 1) and the padded vocabulary;
+- transformers' outputs: ``hidden_states`` (n_layer + 1 of them, the last
+  after ``ln_f``: transformers' convention, not a bug) and ``attentions``.
+
+A batch axis of 1 is dropped and a padded vocabulary trimmed to the
+reference's. Arrays stay views of the files they were read from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from picogpt2.activations import KEYS
+from picogpt2.util.errors import InputError
+
+Layers = dict[str, dict[int | None, np.ndarray]]  # key -> layer (None: not per layer) -> array
+
+# llm.c's name -> ours, for the tensors that are one of our keys as they are.
+LLMC = {"ln1": "ln_1", "preatt": "attn_scores", "att": "attn", "atty": "attn_heads",
+        "attproj": "attn_out", "residual2": "resid_attn", "ln2": "ln_2", "fch": "mlp_pre",
+        "fch_gelu": "mlp_hidden", "fcproj": "mlp_out"}  # fmt: skip
+LLMC_OTHER = ("encoded", "qkv", "residual3", "lnf")  # remapped below
+LLMC_NDIM = {"encoded": 3, "lnf": 3, "preatt": 5, "att": 5}  # with the batch axis; others 4
+LLMC_IGNORED = ("ln1_mean", "ln1_rstd", "ln2_mean", "ln2_rstd", "lnf_mean", "lnf_rstd", "probs",
+                "losses")  # fmt: skip
+TRANSFORMERS = ("hidden_states", "attentions")
+ONE_LAYER = re.compile(r"^(?P<key>[a-z_0-9]+?)(?:\[(?P<i>\d+)\]|\.(?P<j>\d+))$")
+
+
+@dataclass
+class Activations:
+    """A dump, one layer at a time, under our names, with what was changed."""
+
+    layers: Layers = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, key: str, layer: int | None, array: np.ndarray) -> None:
+        self.layers.setdefault(key, {})[layer] = array
+
+    def floats(self) -> list[np.ndarray]:
+        return [a for by in self.layers.values() for a in by.values() if a.dtype.kind == "f"]
+
+
+def read_ours(dump: Mapping[str, np.ndarray]) -> Activations:
+    """A dump in our names (the reference always is)."""
+    out = Activations()
+    single = []
+    for name, array in dump.items():
+        one = ONE_LAYER.match(name)
+        if one and one["key"] in KEYS:
+            out.add(one["key"], int(one["i"] or one["j"]), array)
+            single.append(name)
+        elif name in KEYS and KEYS[name].per_layer:
+            for i, layer in enumerate(array):
+                out.add(name, i, layer)
+        else:
+            out.add(name, None, array)
+    if single:
+        shown = ", ".join(sorted(single)[:3]) + (", ..." if len(single) > 3 else "")
+        out.notes.append(f"read {len(single)} keys saved one layer at a time ({shown})")
+    return out
+
+
+def read_candidate(dump: Mapping[str, np.ndarray], reference: Activations) -> Activations:
+    """A candidate's dump in any of the namings, shaped like ``reference``."""
+    llmc = [name for name in dump if name in LLMC or name in LLMC_OTHER]
+    theirs = [name for name in dump if name in TRANSFORMERS]
+    ours = {k: v for k, v in dump.items() if k not in LLMC_IGNORED and k not in llmc + theirs}
+    out = read_ours(ours)
+    if llmc:
+        _read_llmc({k: dump[k] for k in llmc}, reference, out)
+    if theirs:
+        _read_transformers({k: dump[k] for k in theirs}, reference, out)
+    if any(k in dump for k in LLMC_IGNORED):
+        out.notes.append("llm.c's means, reciprocal standard deviations, probs and losses: "
+                         "not compared")  # fmt: skip
+    _match_shapes(out, reference)
+    return out
+
+
+def _n_head(reference: Activations) -> int | None:
+    for key in ("q", "attn", "attn_scores"):
+        if key in reference.layers:
+            return next(iter(reference.layers[key].values())).shape[0]
+    return None
+
+
+def _read_llmc(dump: Mapping[str, np.ndarray], reference: Activations, out: Activations) -> None:
+    """llm.c's ActivationTensors: [L, B, ...] per block, [B, ...] after."""
+    squeezed = [name for name, a in dump.items() if a.ndim == LLMC_NDIM.get(name, 4)
+                and a.shape[_batch_axis(name)] == 1]  # fmt: skip
+    for name, array in dump.items():
+        if name in squeezed:
+            array = np.squeeze(array, axis=_batch_axis(name))
+        _add_llmc(name, array, _n_head(reference), out)
+    out.notes.append(
+        f"read llm.c's names: {', '.join(sorted(dump))} (encoded and residual3 are hidden, "
+        "preatt is attn_scores, atty attn_heads, fch mlp_pre, ...)"
+    )
+    if squeezed:
+        out.notes.append(f"dropped the batch axis of 1 of {', '.join(sorted(squeezed))}")
+
+
+def _add_llmc(name: str, array: np.ndarray, n_head: int | None, out: Activations) -> None:
+    if name == "qkv":
+        _split_qkv(array, n_head, out)
+    elif name == "encoded":
+        out.add("hidden", 0, array)
+    elif name == "lnf":
+        out.add("ln_f", None, array)
+    else:  # stacked over the blocks; residual3 is each block's output
+        key, first = ("hidden", 1) if name == "residual3" else (LLMC[name], 0)
+        for i, layer in enumerate(array):
+            out.add(key, first + i, layer)
+
+
+def _batch_axis(name: str) -> int:
+    return 0 if name in ("encoded", "lnf", "logits") else 1
+
+
+def _split_qkv(qkv: np.ndarray, n_head: int | None, out: Activations) -> None:
+    """llm.c's qkv [L, T, 3C] -> our q, k, v [n_head, T, head_dim] per layer."""
+    if n_head is None:
+        out.notes.append("qkv: not compared (the reference holds no q, attn or attn_scores to "
+                         "tell the number of heads)")  # fmt: skip
+        return
+    for i, layer in enumerate(qkv):
+        n, width = layer.shape[0], layer.shape[-1] // 3
+        for j, key in enumerate(("q", "k", "v")):
+            part = layer[:, j * width : (j + 1) * width].reshape(n, n_head, width // n_head)
+            out.add(key, i, np.swapaxes(part, 0, 1))
+
+
+def _read_transformers(
+    dump: Mapping[str, np.ndarray], reference: Activations, out: Activations
+) -> None:
+    """``hidden_states`` [n_layer + 1, (1,) n, n_embd], the last after ln_f;
+    ``attentions`` [n_layer, (1,) n_head, n, n]."""
+    for name, array in dump.items():
+        if array.ndim == (5 if name == "attentions" else 4) and array.shape[1] == 1:
+            array = np.squeeze(array, axis=1)
+            out.notes.append(f"dropped the batch axis of 1 of {name}")
+        if name == "attentions":
+            for i, layer in enumerate(array):
+                out.add("attn", i, layer)
+            continue
+        *blocks, last = array
+        for i, layer in enumerate(blocks):
+            out.add("hidden", i, layer)
+        out.add("ln_f", None, last)
+        out.notes.append(
+            f"hidden_states: the first {len(blocks)} are hidden[0..{len(blocks) - 1}]; the last "
+            "is after ln_f (transformers' convention), so it is compared as ln_f"
+        )
+
+
+def _match_shapes(cand: Activations, reference: Activations) -> None:
+    """Drop a leading batch axis of 1, trim a padded vocabulary, then insist
+    on the reference's shapes, naming what is expected."""
+    for key, by_layer in cand.layers.items():
+        for layer, array in by_layer.items():
+            expected = _reference_shape(reference, key, layer)
+            if expected is None or array.shape == expected:
+                continue
+            if array.ndim == len(expected) + 1 and array.shape[0] == 1:
+                array = by_layer[layer] = array[0]
+                _note_once(cand, f"dropped the batch axis of 1 of {key}")
+            if (
+                key == "logits"
+                and array.shape[:-1] == expected[:-1]
+                and array.shape[-1] > expected[-1]
+            ):
+                array = by_layer[layer] = array[..., : expected[-1]]
+                _note_once(cand, f"logits: the padded vocabulary trimmed to {expected[-1]}")
+            if array.shape != expected:
+                raise InputError(_shape_error(key, layer, array.shape, expected))
+
+
+def _reference_shape(reference: Activations, key: str, layer: int | None) -> tuple | None:
+    by_layer = reference.layers.get(key, {})
+    array = by_layer.get(layer)
+    return None if array is None else array.shape
+
+
+def _note_once(cand: Activations, note: str) -> None:
+    if note not in cand.notes:
+        cand.notes.append(note)
+
+
+def _shape_error(key: str, layer: int | None, got: tuple, expected: tuple) -> str:
+    label = key if layer is None else f"{key}[{layer}]"
+    layout = KEYS[key].shape if key in KEYS else "the reference's"
+    return (
+        f"{label}: the candidate is {list(got)}, the reference {list(expected)} (our layout: "
+        f"{layout}, or one layer of it under {key}[i]; no batch axis)"
+    )

@@ -1,0 +1,140 @@
+"""Writing into a model folder safely: a file is whole or absent under its
+name, and one process at a time writes into a folder."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from picogpt2.util.errors import InputError
+from picogpt2.util.status import status
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent first runs are not guarded
+    fcntl = None
+
+LOCK_FILE = ".lock"
+# What writing into a folder that cannot be written fails with.
+READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def is_read_only(error: OSError) -> bool:
+    """The error says the folder (or file) cannot be written."""
+    return error.errno in READ_ONLY_ERRNOS
+
+
+@contextmanager
+def atomic_write(path: Path) -> Iterator[BinaryIO]:
+    """Open ``path`` + ".tmp" for writing; when the block ends without error,
+    flush it to disk and rename it to ``path``. On any error (a full disk,
+    Ctrl-C) the temporary file is removed and ``path`` is left as it was.
+    The temporary file is always a new one: a leftover of that name (a link
+    to elsewhere included) is removed first, never written through. An
+    ``OSError`` names the file (a full disk's own message does not)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if e.filename in (None, str(tmp)):  # name the file asked for, not our temporary one
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def require_new(out: Path) -> None:
+    """``out`` must not exist yet: what picogpt2 writes never replaces a file
+    or folder that is there."""
+    if out.exists() or out.is_symlink():
+        raise InputError(f"{out} exists: name a new file or folder")
+
+
+# Within a process the lock is re-entrant (the downloader holds it while it
+# converts), and threads take turns through a lock of their own per folder.
+_thread_locks: dict[Path, threading.RLock] = {}
+_depth: dict[Path, int] = {}
+_registry = threading.Lock()
+
+
+@contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """A new folder ``out``, filled in the block and present only when the
+    block ends without error: it is built under a temporary name beside it
+    and renamed, and removed on any error. ``out`` must not exist, or be an
+    empty folder (then it is replaced)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; ours is ordinary
+        if out.is_dir():
+            out.rmdir()  # empty: anything else refuses, and nothing is lost
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def folder_lock(folder: Path, waiting: str) -> Iterator[None]:
+    """Hold ``folder``'s lock (its file ``.lock``, the folder created if
+    needed) for the block. A process that finds it held says ``waiting`` once
+    and waits. If the holder removed the lock file (a failed first download
+    removes the folder it made), the waiter starts again on a new one."""
+    key = folder.resolve()
+    with _registry:
+        thread_lock = _thread_locks.setdefault(key, threading.RLock())
+    with thread_lock:
+        if _depth.get(key):
+            _depth[key] += 1
+            try:
+                yield
+            finally:
+                _depth[key] -= 1
+            return
+        with _process_lock(folder, waiting):
+            _depth[key] = 1
+            try:
+                yield
+            finally:
+                _depth[key] = 0
+
+
+@contextmanager
+def _process_lock(folder: Path, waiting: str) -> Iterator[None]:
+    if fcntl is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        yield
+        return
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Never through a link: the lock file is created in the folder itself.
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(folder / LOCK_FILE, flags, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                status(waiting)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink == 0:  # removed while we waited
+                continue
+            yield
+            return
+        finally:
+            os.close(fd)
