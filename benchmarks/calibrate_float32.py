@@ -12,7 +12,7 @@ and the magnitudes, not on trained values):
 - ``naive``: the same math with every sum taken left to right in float32,
   as the simplest C loop does (matrix products, layer norm means, softmax
   sums, attention);
-- ``naive, double sums``: the same loops accumulating in float64, rounding
+- ``naive64``: the same loops accumulating in float64, rounding
   each result to float32 once.
 
 The table gives, per key, the largest relative error over the layers
@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--tokens", default="10,64", help="prompt lengths, comma-separated")
     parser.add_argument("--layers", type=int, default=None, help="fewer blocks, to go faster")
     parser.add_argument(
-        "--variants", default="ours,naive,naive, double sums", help="which passes to measure"
+        "--variants", default="ours,naive,naive64", help="which passes to measure, comma-separated"
     )
     args = parser.parse_args()
     h = SIZES[args.size]
@@ -177,7 +177,7 @@ def main() -> None:
     params64 = map_params(params_from_tensors(tensors, h), lambda a: a.astype(np.float64))
     params32 = map_params(params_from_tensors(tensors, h), lambda a: a.astype(np.float32))
     variants = {"ours": {}, "naive": Naive(np.dtype(np.float32)).functions(),
-                "naive, double sums": Naive(np.dtype(np.float64)).functions()}  # fmt: skip
+                "naive64": Naive(np.dtype(np.float64)).functions()}  # fmt: skip
     variants = {name: variants[name] for name in args.variants.split(",")}
     rng = np.random.default_rng(1)
     print(f"{args.size} shapes ({h.n_layer} blocks), random weights; relative error against our "

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from picogpt2 import generation
-from picogpt2.activations import BLOCK
+from picogpt2.activations import ATTN_DEFAULT, BLOCK, EMBEDDINGS
 from picogpt2.encoder import Encoder, load_encoder
 from picogpt2.generation import Settings, check_lengths
 from picogpt2.gpt2 import Params, gpt2
@@ -128,14 +128,14 @@ class GPT2:
         def stacked(name: str) -> np.ndarray:
             return np.stack([one(layer.arrays[name]) for layer in trace.layers])
 
-        hidden = [trace.arrays["embeddings"]] + [t.arrays["hidden"] for t in trace.layers]
+        hidden = [trace.arrays[EMBEDDINGS]] + [t.arrays["hidden"] for t in trace.layers]
         out = {
             "ids": one(device_ids),
             "logits": one(logits),
             "hidden": np.stack([one(h) for h in hidden]),
             "ln_f": one(trace.arrays["ln_f"]),
         }
-        names = [key.name for key in BLOCK] if detail else ["attn"] if attn else []
+        names = [key.name for key in BLOCK] if detail else [ATTN_DEFAULT] if attn else []
         out.update({name: stacked(name) for name in names})
         return out
 

@@ -252,3 +252,17 @@ def test_backend_from_environment(models, monkeypatch):
     with pytest.raises(BackendError, match="unknown backend 'tpu'"):
         load_model("tiny", models)
     assert load_model("tiny", models, backend="numpy").backend.name == "numpy"
+
+
+def test_the_keys_gpt2_records_are_the_operation_tables(models):
+    from picogpt2.activations import BLOCK, EMBEDDINGS, KEYS
+
+    model = load_model("tiny", models)
+    trace = Trace()
+    model.forward(model.upload_ids([1, 2, 3]), trace=trace)
+    assert set(trace.arrays) == {EMBEDDINGS, "ln_f"}
+    per_block = {key.name for key in BLOCK} | {"hidden"}
+    assert all(set(layer.arrays) == per_block for layer in trace.layers)
+    # The table: these, plus the ids in and the logits out, each made by an operation.
+    assert KEYS.keys() == per_block | {"ids", "ln_f", "logits"}
+    assert all(key.made_by is not None for name, key in KEYS.items() if name != "ids")

@@ -30,12 +30,15 @@ from picogpt2.util.errors import InputError
 
 Layers = dict[str, dict[int | None, np.ndarray]]  # key -> layer (None: not per layer) -> array
 
-# llm.c's name -> ours, for the tensors that are one of our keys as they are.
-LLMC = {"ln1": "ln_1", "preatt": "attn_scores", "att": "attn", "atty": "attn_heads",
-        "attproj": "attn_out", "residual2": "resid_attn", "ln2": "ln_2", "fch": "mlp_pre",
-        "fch_gelu": "mlp_hidden", "fcproj": "mlp_out"}  # fmt: skip
-LLMC_OTHER = ("encoded", "qkv", "residual3", "lnf")  # remapped below
-LLMC_NDIM = {"encoded": 3, "lnf": 3, "preatt": 5, "att": 5}  # with the batch axis; others 4
+# llm.c's name -> ours, for the tensors that are one of our keys as they are
+# (the table's ``llmc``); the others are remapped below: encoded is hidden[0],
+# residual3 hidden[1:], qkv is q, k and v side by side.
+LLMC = {key.llmc: key.name for key in KEYS.values() if key.llmc}
+LLMC_OTHER = ("encoded", "qkv", "residual3")
+# Dimensions with the batch axis: one more than ours (a stacked key: one
+# layer of it, plus llm.c's layer axis); encoded is one layer of hidden.
+LLMC_NDIM = {**{name: KEYS[key].ndim + 1 for name, key in LLMC.items()}, "encoded": 3,
+             "qkv": 4, "residual3": 4}  # fmt: skip
 LLMC_IGNORED = ("ln1_mean", "ln1_rstd", "ln2_mean", "ln2_rstd", "lnf_mean", "lnf_rstd", "probs",
                 "losses")  # fmt: skip
 TRANSFORMERS = ("hidden_states", "attentions")
@@ -102,7 +105,7 @@ def _n_head(reference: Activations) -> int | None:
 
 def _read_llmc(dump: Mapping[str, np.ndarray], reference: Activations, out: Activations) -> None:
     """llm.c's ActivationTensors: [L, B, ...] per block, [B, ...] after."""
-    squeezed = [name for name, a in dump.items() if a.ndim == LLMC_NDIM.get(name, 4)
+    squeezed = [name for name, a in dump.items() if a.ndim == LLMC_NDIM[name]
                 and a.shape[_batch_axis(name)] == 1]  # fmt: skip
     for name, array in dump.items():
         if name in squeezed:
@@ -121,8 +124,8 @@ def _add_llmc(name: str, array: np.ndarray, n_head: int | None, out: Activations
         _split_qkv(array, n_head, out)
     elif name == "encoded":
         out.add("hidden", 0, array)
-    elif name == "lnf":
-        out.add("ln_f", None, array)
+    elif name in LLMC and not KEYS[LLMC[name]].per_layer:
+        out.add(LLMC[name], None, array)
     else:  # stacked over the blocks; residual3 is each block's output
         key, first = ("hidden", 1) if name == "residual3" else (LLMC[name], 0)
         for i, layer in enumerate(array):
@@ -130,7 +133,9 @@ def _add_llmc(name: str, array: np.ndarray, n_head: int | None, out: Activations
 
 
 def _batch_axis(name: str) -> int:
-    return 0 if name in ("encoded", "lnf", "logits") else 1
+    """llm.c's batch axis: first, but after the layer axis of a stacked tensor."""
+    one_layer = name == "encoded" or name in LLMC and not KEYS[LLMC[name]].per_layer
+    return 0 if one_layer else 1
 
 
 def _split_qkv(qkv: np.ndarray, n_head: int | None, out: Activations) -> None:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from picogpt2.activations import KEYS, RTOL64, forward_order
+from picogpt2.activations import ALONE32, KEYS, RTOL32, RTOL64, describe, forward_order
 from picogpt2.gpt2 import log_softmax
 from picogpt2.oracle.candidates import Activations, read_candidate, read_ours
-from picogpt2.oracle.isolation import Isolation, describe, label
+from picogpt2.oracle.isolation import Isolation, label
 from picogpt2.util.errors import InputError
 from picogpt2.weights.params import Params
 
@@ -204,15 +204,15 @@ class Comparison:
             return self.rtol_override, self.atol
         if self.mode == "float64 vs float64":
             return RTOL64, self.atol
-        base = KEYS[key].rtol32 if key in KEYS else KEYS["hidden"].rtol32
-        return base * (2 if self.mode.endswith("float32") else 1), self.atol
+        return RTOL32 * (2 if self.mode.endswith("float32") else 1), self.atol
 
     def alone_tolerance(self, key: str) -> tuple[float, float]:
         """An operation alone carries only its own rounding, in the
         candidate's precision (``activations.py``)."""
         if self.rtol_override is not None:
             return self.rtol_override, self.atol
-        return (RTOL64 if self.precision == "float64" else KEYS[key].alone32), self.atol
+        alone32 = ALONE32[KEYS[key].made_by.rounding]
+        return (RTOL64 if self.precision == "float64" else alone32), self.atol
 
     # -- the checks ----------------------------------------------------------------
 
@@ -334,7 +334,7 @@ class Comparison:
         failing = [c.max_rel for c in self.checks if not c.ok]
         failing += [c.alone_rel for c in self.checks if c.alone_ok is False]
         worst = max(failing, default=0.0)
-        return worst if 0 < worst <= 5 * KEYS["hidden"].rtol32 else None
+        return worst if 0 < worst <= 5 * RTOL32 else None
 
     @property
     def ok(self) -> bool:

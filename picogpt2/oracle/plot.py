@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from html import escape
 
+from picogpt2.activations import describe
 from picogpt2.oracle.comparison import Check, Comparison
-from picogpt2.oracle.isolation import describe
 
 HEIGHT, TOP, BOTTOM, LEFT, RIGHT = 500, 64, 136, 72, 24
 LOW, HIGH = -6.0, 3.0  # log10 of error / tolerance drawn, clipped beyond

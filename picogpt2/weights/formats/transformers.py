@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from picogpt2.encoder import load_encoder
 from picogpt2.hparams import HParams
 from picogpt2.util.atomic import atomic_folder
 from picogpt2.util.errors import FormatError
@@ -33,7 +32,7 @@ from picogpt2.weights.formats.safetensors import (
     write_tensors,
 )
 from picogpt2.weights.params import Tensor, check_layer_count, check_shapes, parse_hparams, schema
-from picogpt2.weights.vocabulary import copy_vocabulary
+from picogpt2.weights.vocabulary import ENDOFTEXT, copy_vocabulary, read_vocabulary
 
 NAME = "hf"
 DESCRIPTION = "a transformers folder: config.json, model.safetensors, vocab.json, merges.txt"
@@ -239,7 +238,8 @@ def write(out: Path, hparams: HParams, tensors: dict[str, np.ndarray], vocabular
     """A new folder ``out`` that ``GPT2LMHeadModel.from_pretrained`` and
     ``AutoTokenizer`` load: config.json, model.safetensors (float32, the
     head tied), vocab.json, merges.txt and tokenizer_config.json."""
-    eot = load_encoder(vocabulary).eot_token  # refuses a bad vocabulary before writing
+    # Reading checks the vocabulary: a bad one is refused before anything is written.
+    eot = read_vocabulary(vocabulary).token_to_id[ENDOFTEXT.encode()]
     named = {hf_name(t): np.asarray(tensors[t.name], "<f4").reshape(t.tree_shape)
              for t in schema(hparams)}  # fmt: skip
     tokenizer = {
