@@ -6,9 +6,9 @@ layer by layer, and name where it goes wrong.
     python -m picogpt2.compare ref.safetensors mine_npy_folder/ --json
 
 The reference is a dump as ``dump`` writes it; the candidate any subset of
-its keys, under our names, llm.c's or transformers' (``candidates.py``),
+its keys, under our names, llm.c's or transformers' (``oracle/candidates.py``),
 as ``.npz``, ``.safetensors``, a folder of ``KEY.npy`` or one ``.npy``.
-``comparison.py`` holds the rules. Exit status: 0 within tolerance, 1 not,
+``oracle/comparison.py`` holds the rules. Exit status: 0 within tolerance, 1 not,
 2 for bad input.
 """
 

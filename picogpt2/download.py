@@ -4,8 +4,9 @@
     python -m picogpt2.download 124M --verify          # or any model: a name or a path
 
 Files come from OpenAI's public bucket (or a mirror with the same layout,
-``{base}/{SIZE}/{FILE}``) into ``{models_dir}/{SIZE}/`` (``locations.py``
-says where models live by default; ``releases.py`` what a download does).
+``{base}/{SIZE}/{FILE}``) into ``{models_dir}/{SIZE}/``
+(``weights/locations.py`` says where models live by default;
+``weights/releases.py`` what a download does).
 """
 
 from __future__ import annotations

@@ -25,8 +25,7 @@ from picogpt2.cli.arguments import (
     Parser,
     add_model_arguments,
     add_sampling_arguments,
-    check_model_argument,
-    model_options,
+    model_reference,
     prog_name,
     settings_of,
 )
@@ -81,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def dump(args: argparse.Namespace) -> int:
-    check_model_argument(args)
+    ref = model_reference(args)
     fmt = output_format(args.out, args.format)
     check_output(args.out)
     ids = parse_ids(args.ids, "--ids") if args.ids is not None else None
@@ -92,7 +91,7 @@ def dump(args: argparse.Namespace) -> int:
     if args.generate < 0:
         raise InputError(f"--generate must be >= 0, got {args.generate}")
     settings = settings_of(args)
-    model = load_model(**model_options(args), dtype=args.dtype)
+    model = load_model(ref, backend=args.backend, dtype=args.dtype, encoder_dir=args.encoder_dir)
     if ids is None:
         ids = model.encoder.encode(argument_text(args.text, "--text"))
     arrays = model.trace(ids, attn=args.attn, detail=args.detail)

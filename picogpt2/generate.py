@@ -29,8 +29,7 @@ from picogpt2.cli.arguments import (  # noqa: E402
     Parser,
     add_model_arguments,
     add_sampling_arguments,
-    check_model_argument,
-    model_options,
+    model_reference,
     prog_name,
     settings_of,
 )
@@ -39,15 +38,13 @@ from picogpt2.encoder import load_encoder  # noqa: E402
 from picogpt2.generation import (  # noqa: E402
     Continuation,
     Settings,
-    check_lengths,
-    check_memory,
+    check_generation,
     generate_many,
     prompt_ids,
     sample_text,
     stream_many,
 )
-from picogpt2.hparams import SIZES  # noqa: E402
-from picogpt2.model import GPT2, load_model  # noqa: E402
+from picogpt2.model import DTYPES, GPT2, load_model  # noqa: E402
 from picogpt2.util.backend import get_backend  # noqa: E402
 from picogpt2.util.errors import InputError  # noqa: E402
 from picogpt2.util.status import error, set_quiet, status  # noqa: E402
@@ -60,9 +57,8 @@ from picogpt2.util.textio import (  # noqa: E402
     text_stdout,
 )
 from picogpt2.weights.loading import peek_hparams  # noqa: E402
-from picogpt2.weights.locations import describe, locate  # noqa: E402
-from picogpt2.weights.params import read_hparams  # noqa: E402
-from picogpt2.weights.releases import download_model, is_missing  # noqa: E402
+from picogpt2.weights.locations import ModelRef  # noqa: E402
+from picogpt2.weights.releases import fetch_vocabulary, is_missing  # noqa: E402
 
 SAMPLE_HEADER = "======== SAMPLE {} ========"  # as OpenAI's sampling scripts print
 
@@ -131,34 +127,34 @@ def unescape(text: str) -> str:
     return re.sub(r"\\([\\nt])", lambda m: ESCAPES[m.group(1)], text)
 
 
-def validate(args: argparse.Namespace) -> Settings:
-    """Check the arguments before loading anything, with the same functions
-    the model checks them with again; return the generation settings."""
+DTYPE = DTYPES[0]  # generate runs in float32
+
+
+def validate(args: argparse.Namespace) -> tuple[Settings, ModelRef]:
+    """Check the arguments before loading anything, with the functions the
+    model checks them with; return the generation settings and the model."""
     stop = tuple(unescape(s) for s in args.stop)
     settings = settings_of(args, stop=stop, ignore_eot=args.ignore_eot)
-    check_model_argument(args)
+    ref = model_reference(args)
     if args.interactive and args.prompt is not None:
         raise InputError("--interactive reads prompts from stdin, one per line: give none here")
     # The model's files (or, for a released size not downloaded yet, the
-    # catalogue) know its context.
-    hparams = peek_hparams(args.model_size, args.models_dir)
-    n_ctx = hparams.n_ctx if hparams else args.n_tokens + 1
-    check_lengths(1, args.n_tokens, n_ctx, args.n_samples)  # the prompt is at least one token
-    if hparams:  # and the memory it needs at the least, before anything is loaded
-        backend = get_backend(args.backend)
-        check_memory(hparams, 1, args.n_tokens, args.n_samples, np.dtype("float32"), backend)
-    return settings
+    # catalogue) know its sizes; the prompt is at least one token.
+    hparams = peek_hparams(ref)
+    backend = get_backend(args.backend)
+    check_generation(hparams, 1, args.n_tokens, args.n_samples, np.dtype(DTYPE), backend)
+    return settings, ref
 
 
-def check_prompt_before_download(args: argparse.Namespace, prompt: str) -> None:
+def check_prompt_before_download(args: argparse.Namespace, ref: ModelRef, prompt: str) -> None:
     """For a released size not downloaded yet, fetch only its small files
     (the vocabulary) and check the prompt's length, before the large shard."""
-    folder = locate(args.model_size, args.models_dir)
-    if args.model_size not in SIZES or not is_missing(folder):
+    if not ref.released or not is_missing(ref.path):
         return
-    download_model(args.model_size, args.models_dir, small_files_only=True)
-    n_prompt = len(prompt_ids(load_encoder(folder), prompt))
-    check_lengths(n_prompt, args.n_tokens, read_hparams(folder).n_ctx)
+    fetch_vocabulary(ref.name, ref.path)
+    n_prompt = len(prompt_ids(load_encoder(ref.path), prompt))
+    check_generation(peek_hparams(ref), n_prompt, args.n_tokens, args.n_samples, np.dtype(DTYPE),
+                     get_backend(args.backend))  # fmt: skip
 
 
 def stream_one(model: GPT2, ids: list[int], prompt: str, args, settings: Settings, out) -> int:
@@ -232,16 +228,16 @@ def interactive(model: GPT2, args, settings: Settings, out: TextIO, prog: str) -
 
 def generate(args: argparse.Namespace, prog: str) -> int:
     set_quiet(args.quiet)
-    settings = validate(args)
+    settings, ref = validate(args)
     out = text_stdout()
     prompt = None
     if not args.interactive:
         prompt = argument_text(args.prompt, "the prompt") if args.prompt is not None else None
         if prompt is None:
             prompt = read_stdin("prompt")
-        check_prompt_before_download(args, prompt)
-    status(f"loading {describe(args.model_size, args.models_dir)} ...")
-    model = load_model(**model_options(args))
+        check_prompt_before_download(args, ref, prompt)
+    status(f"loading {ref.describe()} ...")
+    model = load_model(ref, backend=args.backend, dtype=DTYPE, encoder_dir=args.encoder_dir)
     if args.interactive:
         return interactive(model, args, settings, out, prog)
     continue_prompt(model, prompt, args, settings, out)

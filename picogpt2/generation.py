@@ -75,16 +75,16 @@ class Settings:
         return self.repetition_penalty is not None and self.repetition_penalty != 1
 
 
-def check_lengths(n_prompt: int, n_tokens: int, n_ctx: int, n_samples: int = 1) -> None:
+def check_lengths(n_prompt: int, n_tokens: int, n_ctx: int | None, n_samples: int = 1) -> None:
     """The one check of a generation's lengths: a prompt of 1 to ``n_ctx``
-    tokens, ``n_tokens`` >= 0 new ones (past the context, the window
-    slides), ``n_samples`` >= 1."""
+    tokens (any number when the context is not known yet), ``n_tokens`` >=
+    0 new ones (past the context, the window slides), ``n_samples`` >= 1."""
     for name, value in (("n-tokens", n_tokens), ("n-samples", n_samples)):
         if isinstance(value, bool) or not isinstance(value, Integral):
             raise InputError(f"{name} must be an integer, got {value!r}")
     if n_prompt < 1:
         raise InputError("need at least one token id")
-    if n_prompt > n_ctx:
+    if n_ctx is not None and n_prompt > n_ctx:
         raise InputError(f"the prompt is {n_prompt} tokens, more than the context of {n_ctx}")
     if n_tokens < 0:
         raise InputError(f"n-tokens must be >= 0, got {n_tokens}")
@@ -96,10 +96,27 @@ def check_memory(
     h: HParams, n_prompt: int, n_tokens: int, n_samples: int, dtype: np.dtype, backend: Backend
 ) -> None:
     """Refuse a generation whose KV caches and logits cannot fit where the
-    model runs (``memory.py`` estimates them), before it starts."""
+    model runs (``util/memory.py`` estimates them), before it starts."""
     needed = generation_bytes(h, n_prompt, n_tokens, n_samples, np.dtype(dtype).itemsize)
     what = f"{n_samples} sample{'s' if n_samples > 1 else ''} of {n_tokens} tokens"
     check_fits(needed, what, backend.available())
+
+
+def check_generation(
+    h: HParams | None,
+    n_prompt: int,
+    n_tokens: int,
+    n_samples: int,
+    dtype: np.dtype,
+    backend: Backend,
+) -> None:
+    """The one check of a generation, before it starts: its lengths, and
+    the memory it needs where it runs. With ``h`` None (the model's sizes
+    not known yet: a released size not downloaded), the counts alone; a
+    command checks what it can before a download, with this very function."""
+    check_lengths(n_prompt, n_tokens, h.n_ctx if h else None, n_samples)
+    if h is not None:
+        check_memory(h, n_prompt, n_tokens, n_samples, dtype, backend)
 
 
 def prompt_ids(encoder: Encoder, prompt: str) -> list[int]:
@@ -222,8 +239,8 @@ def stream_many(
     ``n_samples`` continuations of ``ids`` (checked before the first step)."""
     settings.check()
     prompt = model.upload_ids(ids)  # [1, n_seq]
-    check_lengths(prompt.shape[1], n_tokens, model.hparams.n_ctx, n_samples)
-    check_memory(model.hparams, prompt.shape[1], n_tokens, n_samples, model.dtype, model.backend)
+    check_generation(model.hparams, prompt.shape[1], n_tokens, n_samples, model.dtype,
+                     model.backend)  # fmt: skip
     seed = settings.seed
     if seed is None:
         seed = int.from_bytes(os.urandom(8), "little") >> 1

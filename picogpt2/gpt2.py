@@ -42,7 +42,7 @@ import numpy as np
 
 from picogpt2.state import NO_TRACE, KVCache, Trace
 
-Params = dict  # the weight tree, keyed as in the checkpoint (params.py builds it)
+Params = dict  # the weight tree, keyed as in the checkpoint (weights/params.py builds it)
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 

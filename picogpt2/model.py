@@ -22,6 +22,7 @@ from picogpt2.util.errors import InputError, WeightsError
 from picogpt2.util.memory import check_fits, trace_bytes
 from picogpt2.util.status import quiet
 from picogpt2.weights.loading import open_model
+from picogpt2.weights.locations import ModelRef
 from picogpt2.weights.params import map_params, params_from_tensors
 
 DTYPES = ("float32", "float64")
@@ -172,7 +173,7 @@ class GPT2:
 
 
 def load_model(
-    model_size: str = "124M",
+    model_size: str | Path | ModelRef = "124M",
     models_dir: str | Path | None = None,
     *,
     backend: str | None = None,
@@ -182,15 +183,17 @@ def load_model(
     show_progress: bool = True,
     encoder_dir: str | Path | None = None,
 ) -> GPT2:
-    """Load ``models_dir/model_size`` (a name in the models folder, or a
-    path): OpenAI's layout (a folder with ``hparams.json``, ``encoder.json``,
-    ``vocab.bpe`` and weights, converted or a TensorFlow checkpoint), a
-    transformers GPT-2 folder, or an llm.c ``.bin`` file (``loading`` says
-    how a file becomes tensors; ``formats`` lists the formats).
+    """Load ``models_dir/model_size`` (a name in the models folder, a path,
+    or a ``ModelRef`` resolved before): OpenAI's layout (a folder with
+    ``hparams.json``, ``encoder.json``, ``vocab.bpe`` and weights, converted
+    or a TensorFlow checkpoint), a transformers GPT-2 folder, or an llm.c
+    ``.bin`` file (``weights/loading.py`` says how a file becomes tensors;
+    ``weights/formats`` lists the formats).
     A released size (124M, 355M, 774M, 1558M) that is not there is
     downloaded first, unless ``download=False``; ``models_dir`` None is the
     default folder (see ``locations``). ``encoder_dir`` is a folder with the
-    vocabulary, for a model that has none (an llm.c file).
+    vocabulary, for a model that has none (an llm.c file). Every file is
+    read once.
 
     ``backend`` is "numpy" or "cupy" (an NVIDIA GPU); None means
     ``$PICOGPT2_BACKEND``, else NumPy. ``dtype="float64"`` runs the whole

@@ -6,9 +6,9 @@ log-likelihood, perplexity and bits per byte under GPT-2.
     python -m picogpt2.score --corpus in.jsonl --out out.jsonl --scheduler tcp://host:8786
 
 Texts longer than n_ctx are scored with the sliding window of transformers'
-perplexity guide (``scoring.py`` states the rule), so the numbers compare
+perplexity guide (``scoring/perplexity.py`` states the rule), so the numbers compare
 with published ones. A corpus is one JSON object per line, an id and a
-text; ``corpus.py`` says how it is scored and resumed.
+text; ``scoring/corpus.py`` says how it is scored and resumed.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from pathlib import Path
 from picogpt2.cli.arguments import (
     Parser,
     add_model_arguments,
-    check_model_argument,
-    model_options,
+    model_reference,
     prog_name,
 )
 from picogpt2.cli.running import run_cli
@@ -42,11 +41,12 @@ from picogpt2.scoring.corpus import (
     run,
     score_chunk,
 )
-from picogpt2.scoring.perplexity import score
+from picogpt2.scoring.perplexity import check_stride, score
 from picogpt2.util.errors import InputError, PicoGPT2Error
 from picogpt2.util.status import Progress, status
 from picogpt2.util.textio import plural, read_text_file
 from picogpt2.weights.loading import peek_hparams
+from picogpt2.weights.locations import ModelRef
 
 RETRIES = 3  # a chunk's reruns on Dask after an error (a lost worker's are the scheduler's)
 
@@ -112,13 +112,13 @@ def build_parser() -> Parser:
     return parser
 
 
-def score_file(args: argparse.Namespace) -> int:
+def score_file(args: argparse.Namespace, ref: ModelRef) -> int:
     text = read_text_file(args.file)
     if not text.strip():
         raise InputError(f"{args.file} is empty")
     if "\x00" in text:
         raise InputError(f"{args.file} looks binary (it contains NUL bytes), not text")
-    model = load_model(**model_options(args), dtype=args.dtype)
+    model = load_model(ref, backend=args.backend, dtype=args.dtype, encoder_dir=args.encoder_dir)
     print_result(score(model, text, args.stride), args.json)
     return 0
 
@@ -134,7 +134,7 @@ def check_out(out: Path, corpus: Path) -> None:
         raise InputError(f"--out {out} is the corpus itself: name another file")
 
 
-def check_corpus_arguments(args: argparse.Namespace) -> None:
+def check_corpus_arguments(args: argparse.Namespace, ref: ModelRef) -> None:
     if args.out is None:
         raise InputError("--corpus needs --out OUT.jsonl, where the records go")
     if args.file is not None or args.json:
@@ -144,9 +144,8 @@ def check_corpus_arguments(args: argparse.Namespace) -> None:
     if args.scheduler is not None and args.workers != 1:
         raise InputError("--workers is for this machine; a cluster's workers are its own")
     check_out(args.out, args.corpus)
-    hparams = peek_hparams(args.model_size, args.models_dir)
-    if hparams and args.stride is not None and args.stride > hparams.n_ctx:
-        raise InputError(f"--stride must be in [1, n_ctx ({hparams.n_ctx})], got {args.stride}")
+    hparams = peek_hparams(ref)
+    check_stride(args.stride, hparams.n_ctx if hparams else None)
 
 
 @dataclass
@@ -189,13 +188,12 @@ def workers(args: argparse.Namespace) -> Workers:
     return Workers()
 
 
-def score_corpus(args: argparse.Namespace, given_models_dir: Path | None) -> int:
-    check_corpus_arguments(args)
+def score_corpus(args: argparse.Namespace, ref: ModelRef) -> int:
+    check_corpus_arguments(args, ref)
     docs = read_corpus(args.corpus, args.text_key, args.id_key)  # before any work
     done = resume(args.out)
     before = len(done & {d.key for d in docs})
-    spec = Spec(args.model_size, given_models_dir and str(given_models_dir),
-                args.encoder_dir and str(args.encoder_dir), args.dtype, args.stride)  # fmt: skip
+    spec = Spec(ref, args.encoder_dir and str(args.encoder_dir), args.dtype, args.stride)
     where = workers(args)
     todo = len(docs) - before
     progress = Progress("scored", todo, unit="documents", scale=1)
@@ -226,15 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        given_models_dir = args.models_dir
-        check_model_argument(args)
-        if args.stride is not None and args.stride < 1:
-            raise InputError(f"--stride must be >= 1, got {args.stride}")
+        ref = model_reference(args)
+        check_stride(args.stride, None)  # the context, once the model is open
         if args.corpus is not None:
-            return score_corpus(args, given_models_dir)
+            return score_corpus(args, ref)
         if args.file is None:
             raise InputError("give a FILE to score, or --corpus IN.jsonl --out OUT.jsonl")
-        return score_file(args)
+        return score_file(args, ref)
 
     return run_cli(body, parser.prog)
 

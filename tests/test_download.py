@@ -11,21 +11,19 @@ import time
 
 import pytest
 from mirror import ROOT, Mirror, catalogue_env, full_disk, one_line_error, run, text
-from tiny import make_tiny_model
+from tiny import converted, is_converted, make_tiny_model
 
 from picogpt2.hparams import SIZES
 from picogpt2.util.errors import InputError
 from picogpt2.weights import fetch
 from picogpt2.weights.fetch import DownloadError
-from picogpt2.weights.formats import openai
-from picogpt2.weights.formats.openai import is_converted
 from picogpt2.weights.formats.safetensors import WEIGHTS_FILE
 from picogpt2.weights.params import parse_hparams
 from picogpt2.weights.releases import MARKER_FILE, SHARD_FILE, SMALL_FILES, download_model
 
 
 def load_weights(folder):
-    return openai.read(folder)[1]
+    return converted(folder)
 
 
 FILES = [*SMALL_FILES, SHARD_FILE]

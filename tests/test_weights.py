@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import make_tiny_model, tiny_tensors
+from tiny import converted, is_converted, make_tiny_model, tiny_tensors
 
 from picogpt2.util.crc32c import crc32c
 from picogpt2.util.errors import WeightsError
@@ -32,7 +32,7 @@ def hparams(folder):
 
 
 def tensors_of(folder):
-    return openai.read(folder)[1]
+    return converted(folder)
 
 
 def test_conversion_keeps_names_shapes_and_values(tiny):
@@ -60,7 +60,7 @@ def test_loaded_weights_are_memory_mapped_read_only_and_aligned(tiny):
 def test_conversion_is_done_once(tiny):
     tensors_of(tiny)
     stamp = (tiny / WEIGHTS_FILE).stat().st_mtime_ns
-    assert openai.is_converted(tiny)
+    assert is_converted(tiny)
     tensors_of(tiny)
     assert (tiny / WEIGHTS_FILE).stat().st_mtime_ns == stamp
 
@@ -69,7 +69,7 @@ def test_stale_conversion_is_redone(tiny):
     tensors_of(tiny)
     new = tiny_tensors(hparams(tiny), seed=7)
     write_tf_checkpoint(tiny / "model.ckpt", new)  # a fine-tune written over it
-    assert not openai.is_converted(tiny)
+    assert not is_converted(tiny)
     np.testing.assert_array_equal(tensors_of(tiny)["model/wte"], new["model/wte"])
 
 
@@ -80,7 +80,7 @@ def test_a_conversion_by_an_older_picogpt2_is_still_used(tiny):
     old[cache.LEGACY_FINGERPRINT_KEY] = metadata[cache.FINGERPRINT_KEY]
     write_tensors(tiny / WEIGHTS_FILE, tensors, old)
     (tiny / "model.ckpt.data-00000-of-00001").unlink()  # as a download leaves it
-    assert openai.is_converted(tiny)
+    assert is_converted(tiny)
     np.testing.assert_array_equal(tensors_of(tiny)["model/wpe"], tensors["model/wpe"])
 
 
@@ -91,11 +91,11 @@ def test_a_truncated_conversion_is_reported_as_damaged_never_replaced(tiny):
     path = tiny / WEIGHTS_FILE
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    for check in (openai.is_converted, openai.read):
+    for check in (is_converted, tensors_of):
         with pytest.raises(DamagedWeightsError, match=f"{path} is damaged: .* header describes"):
             check(tiny)
     with pytest.raises(DamagedWeightsError, match="converts the checkpoint beside it again"):
-        openai.read(tiny)
+        tensors_of(tiny)
     assert path.read_bytes() == data[: len(data) // 2]  # left for the user to see
 
 
@@ -103,7 +103,7 @@ def test_a_file_picogpt2_did_not_write_is_never_replaced(tiny):
     theirs = {"x": np.ones(3, np.float32)}
     write_tensors(tiny / WEIGHTS_FILE, theirs, {"format": "pt"})
     with pytest.raises(WeightsError, match="not a conversion picogpt2 made, so it is not replaced"):
-        openai.read(tiny)
+        tensors_of(tiny)
     assert read_tensors(tiny / WEIGHTS_FILE)[0].keys() == {"x"}
 
 
@@ -113,8 +113,8 @@ def test_interrupted_conversion_leaves_no_file_that_loads(tiny, monkeypatch):
 
     monkeypatch.setattr(openai, "read_tf_checkpoint", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        openai.read(tiny)
-    assert not (tiny / WEIGHTS_FILE).exists() and not openai.is_converted(tiny)
+        tensors_of(tiny)
+    assert not (tiny / WEIGHTS_FILE).exists() and not is_converted(tiny)
     assert sorted(p.name for p in tiny.iterdir() if p.name.endswith(".tmp")) == []
 
 
@@ -128,7 +128,7 @@ def test_conversion_records_each_tensors_crc32c_and_verify_checks_it(tiny):
 
 def test_leftover_temporary_file_is_ignored(tiny):
     (tiny / (WEIGHTS_FILE + ".tmp")).write_bytes(b"partial")
-    assert not openai.is_converted(tiny)
+    assert not is_converted(tiny)
     assert tensors_of(tiny)["model/wpe"].shape == (64, 16)
 
 

@@ -66,13 +66,27 @@ def make_tiny_model(
     return folder
 
 
+def converted(folder: Path) -> dict[str, np.ndarray]:
+    """The tensors of an OpenAI-layout folder, converted first if needed."""
+    from picogpt2.weights.formats import openai
+
+    return openai.detect(folder).weights()
+
+
+def is_converted(folder: Path) -> bool:
+    """The folder's checkpoint is converted, and the conversion is of the
+    checkpoint as it is now."""
+    from picogpt2.weights.formats import openai
+
+    opened = openai.detect(folder)
+    return opened is not None and opened.tensors is not None
+
+
 def converted_tiny_models(root: Path) -> Path:
     """A models folder holding "tiny" (context 64), converted once with its
     checkpoint kept, as a load leaves a user's own checkpoint."""
-    from picogpt2.weights.formats import openai
-
     make_tiny_model(root / "tiny", n_ctx=64)
-    openai.read(root / "tiny")
+    converted(root / "tiny")
     return root
 
 

@@ -13,7 +13,7 @@ from picogpt2.generation import Settings
 from picogpt2.hparams import SIZES
 from picogpt2.util.backend import BACKEND_ENV, BACKENDS
 from picogpt2.util.errors import InputError
-from picogpt2.weights.locations import MODELS_DIR_ENV, default_models_dir, locate, models_dir
+from picogpt2.weights.locations import MODELS_DIR_ENV, ModelRef, default_models_dir, resolve
 
 
 class Parser(argparse.ArgumentParser):
@@ -68,16 +68,6 @@ def add_encoder_dir_argument(parser: argparse.ArgumentParser) -> None:
         help="a folder with the vocabulary (encoder.json and vocab.bpe, or vocab.json and "
         "merges.txt), for a model without one beside it (an llm.c file)",
     )
-
-
-def model_options(args: argparse.Namespace) -> dict:
-    """``load_model``'s arguments from the model arguments."""
-    return {
-        "model_size": args.model_size,
-        "models_dir": args.models_dir,
-        "backend": args.backend,
-        "encoder_dir": args.encoder_dir,
-    }
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,12 +139,14 @@ def settings_of(args: argparse.Namespace, **rules) -> Settings:
     return settings
 
 
-def check_model_argument(args: argparse.Namespace) -> None:
-    """A released size, or a model folder or file inside the models folder
-    (or at a path); resolves ``args.models_dir`` to the folder it means."""
-    args.models_dir = models_dir(args.models_dir)
-    if args.model_size not in SIZES and not locate(args.model_size, args.models_dir).exists():
+def model_reference(args: argparse.Namespace) -> ModelRef:
+    """The model ``--model-size`` and ``--models-dir`` name, resolved once: a
+    released size, or a model folder or file inside the models folder (or
+    at a path). The arguments are left as they were given."""
+    ref = resolve(args.model_size, args.models_dir)
+    if not ref.released and not ref.path.exists():
         raise InputError(
-            f"unknown model size {args.model_size!r}: choose from {', '.join(SIZES)}, "
-            f"or name a model folder or file inside {args.models_dir} (or its path)"
+            f"unknown model size {ref.name!r}: choose from {', '.join(SIZES)}, "
+            f"or name a model folder or file inside {ref.models_dir} (or its path)"
         )
+    return ref

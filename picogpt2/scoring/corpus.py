@@ -33,6 +33,7 @@ from typing import TextIO
 from picogpt2.util.errors import InputError, PicoGPT2Error
 from picogpt2.util.status import quiet
 from picogpt2.util.textio import decode_utf8
+from picogpt2.weights.locations import ModelRef
 
 CHUNK_CHARS = 16_000  # about 4,000 tokens of English
 CHUNK_DOCS = 64
@@ -42,8 +43,7 @@ CHUNK_DOCS = 64
 class Spec:
     """What a worker needs to load the model and score: the same everywhere."""
 
-    model_size: str
-    models_dir: str | None = None
+    model: ModelRef  # resolved once, by the command
     encoder_dir: str | None = None
     dtype: str = "float32"
     stride: int | None = None
@@ -167,8 +167,8 @@ def score_chunk(spec: Spec, docs: list[Document]) -> list[dict]:
     from picogpt2.scoring.perplexity import score_many
 
     if spec not in _models:
-        _models[spec] = load_model(spec.model_size, spec.models_dir, dtype=spec.dtype,
-                                   encoder_dir=spec.encoder_dir, show_progress=False)  # fmt: skip
+        _models[spec] = load_model(spec.model, dtype=spec.dtype, encoder_dir=spec.encoder_dir,
+                                   show_progress=False)  # fmt: skip
     with quiet():  # a long document's own progress line: the corpus has one
         results = score_many(_models[spec], [doc.text for doc in docs], spec.stride)
     return [

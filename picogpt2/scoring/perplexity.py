@@ -76,11 +76,15 @@ def sliding_window_nll(
     return np.concatenate(nlls) if nlls else np.zeros(0)
 
 
-def check_stride(model: GPT2, stride: int | None) -> int:
-    """The stride to use (None: n_ctx / 2), checked against n_ctx."""
-    n_ctx = model.hparams.n_ctx
-    stride = stride or n_ctx // 2
-    if not 1 <= stride <= n_ctx:
+def check_stride(stride: int | None, n_ctx: int | None) -> int | None:
+    """The stride to use (None: n_ctx / 2), checked: at least 1, at most
+    ``n_ctx`` (when the context is known: a command checks what it can
+    before it loads the model, with this very function)."""
+    if stride is None:
+        return n_ctx // 2 if n_ctx else None
+    if n_ctx is None and stride < 1:
+        raise InputError(f"--stride must be >= 1, got {stride}")
+    if n_ctx is not None and not 1 <= stride <= n_ctx:
         raise InputError(f"--stride must be in [1, n_ctx ({n_ctx})], got {stride}")
     return stride
 
@@ -110,7 +114,8 @@ def score(model: GPT2, text: str, stride: int | None = None) -> dict[str, float 
     """tokens, nll (nats per token), perplexity, bits_per_byte,
     scored_tokens and bytes of ``text``, scored with the sliding window
     (``stride`` None: n_ctx / 2)."""
-    return score_ids(model, text, tokens_to_score(model, text), check_stride(model, stride))
+    stride = check_stride(stride, model.hparams.n_ctx)
+    return score_ids(model, text, tokens_to_score(model, text), stride)
 
 
 def score_ids(model: GPT2, text: str, ids: list[int], stride: int) -> dict[str, float | int]:
@@ -166,7 +171,7 @@ def score_many(
     scored. Texts of one window (at most n_ctx tokens) run together, in
     batches of at most ``BATCH_POSITIONS`` positions (or one text): the
     matrix products of a long text rather than of many short ones."""
-    stride = check_stride(model, stride)
+    stride = check_stride(stride, model.hparams.n_ctx)
     results: list[dict[str, float | int] | InputError | None] = [None] * len(texts)
     short: dict[int, list[int]] = {}  # text index -> its ids, for texts of one window
     for i, text in enumerate(texts):

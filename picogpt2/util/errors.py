@@ -1,10 +1,11 @@
 """The one base of every error picogpt2 raises on purpose.
 
 Each module defines the errors it raises beside its code
-(``DownloadError`` in ``fetch.py``, ``CheckpointError`` in
-``formats/tf_bundle.py``, ...), all derived from ``PicoGPT2Error``; the few
-that many modules raise are here. The commands catch this base alone and print its
-message as one line, so a new error class cannot escape as a traceback.
+(``DownloadError`` in ``weights/fetch.py``, ``CheckpointError`` in
+``weights/formats/tf_bundle.py``, ...), all derived from
+``PicoGPT2Error``; the few that many modules raise are here. The commands
+catch this base alone and print its message as one line, so a new error
+class cannot escape as a traceback.
 """
 
 from __future__ import annotations

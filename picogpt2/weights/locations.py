@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from picogpt2.hparams import SIZES
 from picogpt2.util.errors import InputError
 
 MODELS_DIR_ENV = "PICOGPT2_MODELS_DIR"
@@ -92,9 +94,31 @@ def locate(name: str | Path, given: str | Path | None) -> Path:
     return models_dir(given) / name
 
 
-def describe(name: str | Path, given: str | Path | None) -> str:
-    """Which model ``name`` means, in words, for a status line."""
-    path = locate(name, given)
-    if path == models_dir(given) / name:
-        return f"GPT-2 {name} from the models folder {models_dir(given)}"
-    return f"GPT-2 from {path.resolve()} (the path given)"
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as the user named it, and where that is: resolved once
+    (``resolve``) and passed unchanged to whatever loads it, in this
+    process or in a worker."""
+
+    name: str  # as given: "124M", "my-finetune", "./x.bin"
+    path: Path  # where it is (``locate``)
+    models_dir: Path  # the models folder it was looked for in
+
+    @property
+    def released(self) -> bool:
+        """One of OpenAI's released sizes: fetched when it is not there."""
+        return self.name in SIZES
+
+    def describe(self) -> str:
+        """Which model this is, in words, for a status line."""
+        if self.path == self.models_dir / self.name:
+            return f"GPT-2 {self.name} from the models folder {self.models_dir}"
+        return f"GPT-2 from {self.path.resolve()} (the path given)"
+
+
+def resolve(name: str | Path | ModelRef, given: str | Path | None = None) -> ModelRef:
+    """The model ``name`` (in the models folder ``given``, or the default,
+    or at a path: ``locate``); a ``ModelRef`` is already resolved."""
+    if isinstance(name, ModelRef):
+        return name
+    return ModelRef(str(name), locate(name, given), models_dir(given))

@@ -28,9 +28,9 @@ from picogpt2.util.status import status
 from picogpt2.weights import formats, locations
 from picogpt2.weights.fetch import BACKOFF_S, RETRIES, DownloadError, fetch
 from picogpt2.weights.formats import openai
+from picogpt2.weights.formats.opened import OpenedModel
 from picogpt2.weights.formats.tf_bundle import CheckpointError, read_tf_index
 from picogpt2.weights.params import HPARAMS_FILE
-from picogpt2.weights.vocabulary import has_vocabulary
 
 SMALL_FILES = [HPARAMS_FILE, "encoder.json", "vocab.bpe", "checkpoint", "model.ckpt.index"]
 SHARD_FILE = "model.ckpt.data-00000-of-00001"
@@ -45,21 +45,36 @@ DONE = "done"  # converted, nothing left
 USERS = "users"  # a model of the user's, not the downloader's: never changed here
 
 
-def next_step(folder: Path) -> str:
-    """What is left to do for a release in ``folder``: each question about
-    it (converted? complete? whose?) asked once, here."""
+def found(folder: Path) -> tuple[OpenedModel | None, dict | None]:
+    """What is in ``folder``: the model there, opened (``formats.detect``;
+    None when nothing is), and the downloader's marker. A checkpoint the
+    downloader has not finished may not open (its index damaged in
+    transit): None too, so that the download goes on and fetches it again;
+    a model of the user's that does not open is the user's error."""
     marker = read_marker(folder)
-    if openai.is_converted(folder):
+    try:
+        return formats.detect(folder), marker
+    except CheckpointError:
+        if marker is None:
+            raise
+        return None, marker
+
+
+def next_step(folder: Path, opened: OpenedModel | None, marker: dict | None) -> str:
+    """What is left to do for a release in ``folder``, from what is there
+    (``found``): each question about it (converted? complete? whose?)
+    asked once, here."""
+    if opened is not None and opened.format == openai.NAME and opened.tensors is not None:
         keep = marker is None or marker.get("keep_original")
         return DONE if keep or not (folder / SHARD_FILE).exists() else TIDY
-    if marker is None and formats.detect(folder) is not None:
+    if marker is None and opened is not None:
         return USERS
     return CONVERT if openai.has_complete_checkpoint(folder) else FETCH
 
 
 def is_missing(folder: Path) -> bool:
     """The release's large download is still to come."""
-    return next_step(folder) == FETCH
+    return next_step(folder, *found(folder)) == FETCH
 
 
 def download_model(
@@ -86,18 +101,21 @@ def download_model(
     return folder
 
 
-def ensure_release(model_size: str, folder: Path, *, download: bool = True) -> None:
-    """Make ``folder`` hold the released ``model_size``, ready to open: fetch
+def ensure_release(model_size: str, folder: Path, *, download: bool = True) -> OpenedModel | None:
+    """Make ``folder`` hold the released ``model_size``, ready to use: fetch
     it when nothing is there, and finish what an interrupted download or
     conversion left (the shard removed as the downloader would have). A
-    model of the user's there (no marker) is left as it is."""
-    step = next_step(folder)
+    model of the user's there (no marker) is left as it is. Returns the
+    model there, opened (``formats.detect``)."""
+    opened, marker = found(folder)
+    step = next_step(folder, opened, marker)
     if step in (DONE, USERS):
-        return
+        return opened
     if step == FETCH and not download:
         raise WeightsError(f"{folder}: GPT-2 {model_size} is not downloaded (download=False)")
-    marker = read_marker(folder) or {}
-    _download(model_size, folder, locations.base_url(None), bool(marker.get("keep_original")))
+    keep_original = bool(marker and marker.get("keep_original"))
+    _download(model_size, folder, locations.base_url(None), keep_original)
+    return opened if step == TIDY else formats.detect(folder)
 
 
 def _download(
@@ -119,7 +137,7 @@ def _download(
                 fetch(f"{base}/{model_size}/{name}", folder / name, extra_space=extra_space,
                       retries=retries, backoff=backoff, session=http)  # fmt: skip
 
-            step = next_step(folder)  # again: another process may have done it meanwhile
+            step = next_step(folder, *found(folder))  # again: another process may have done it
             if step in (FETCH, CONVERT):
                 write_marker(folder, keep_original)
                 if step == FETCH:
@@ -138,13 +156,11 @@ def _download(
         raise
 
 
-def fetch_vocabulary(model_size: str, models_dir: str | Path | None = None) -> Path:
-    """The folder of ``model_size`` in the models folder, its vocabulary
-    fetched first (the small files only) for a released size without it."""
-    folder = locations.models_dir(models_dir) / model_size
-    if model_size in SIZES and not has_vocabulary(folder):
-        download_model(model_size, folder.parent, small_files_only=True)
-    return folder
+def fetch_vocabulary(model_size: str, folder: Path) -> None:
+    """The small files of the released ``model_size`` in ``folder`` (its
+    vocabulary, hyperparameters and checkpoint index, a few MB), those
+    missing fetched and all checked: what to know before the large shard."""
+    _download(model_size, folder, locations.base_url(None), False, small_files_only=True)
 
 
 def folders_to_create(folder: Path) -> list[Path]:
@@ -225,7 +241,7 @@ def convert_fetching_again(folder: Path, get: Callable[..., None]) -> None:
     refetched: set[Path] = set()
     while True:
         try:
-            openai.read(folder)
+            openai.detect(folder).weights()
             return
         except CheckpointError as e:
             damaged = e.path

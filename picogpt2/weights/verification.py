@@ -28,16 +28,17 @@ def verify_model(name: str | Path, models_dir: str | Path | None = None) -> list
     any format); return what was checked, a line each. The first fault
     raises, naming the file and the tensor."""
     path = locate(name, models_dir)
-    fmt = formats.detect(path)
-    if fmt is None:
-        raise InputError(f"{path}: no model there to verify")
-    lines = [_checksums(file) for file in fmt.checksum_files(path) if file.is_file()]
-    with cache.in_memory():
-        hparams, tensors = fmt.read(path)
+    with cache.in_memory():  # a conversion that is not there is made in memory
+        opened = formats.detect(path)
+        if opened is None:
+            raise InputError(f"{path}: no model there to verify")
+        fmt = formats.FORMATS[opened.format]
+        lines = [_checksums(file) for file in fmt.checksum_files(path) if file.is_file()]
+        tensors, hparams = opened.weights(), opened.hparams
     check_tensors(tensors, hparams, path)
     _finite(tensors, path)
-    what = f"{path} ({fmt.NAME}): all {len(tensors)} tensors readable, named and shaped as its "
-    what += "sizes say, every value finite"
+    what = f"{path} ({opened.format}): all {len(tensors)} tensors readable, named and shaped as "
+    what += "its sizes say, every value finite"
     if not any(line.endswith("CRC-32C") for line in lines):
         what += "; no checksum is recorded with these weights, so their bytes cannot be "
         what += "checked against those once written"

@@ -2,13 +2,13 @@
 the same small interface:
 
 - ``NAME``: what ``export --to`` calls it; ``DESCRIPTION``: one line.
-- ``detect(path) -> bool``: is ``path`` (a folder or a file) in this format?
-- ``read_header(path) -> HParams``: the sizes, without reading any weights.
-- ``read(path) -> (HParams, tensors)``: every tensor under the checkpoint's
-  names and shapes (``params.schema``), memory-mapped where the file allows;
-  a file that cannot be used where it lies is converted once into our
-  layout beside it (``cache``, one rule for every format).
-- ``vocabulary(path) -> Path``: the folder its vocabulary is read from.
+- ``detect(path) -> OpenedModel | None``: the model at ``path`` (a folder
+  or a file) if it is in this format, opened: every file read once, the
+  sizes checked against the tensors the files hold, the tensors
+  memory-mapped where the file allows; a file that cannot be used where it
+  lies is converted once into our layout beside it, when ``weights()`` is
+  first asked (``cache``, one rule for every format). None when ``path``
+  is not in this format; an error when it is, but broken.
 - ``checksum_files(path) -> [Path]``: the files where picogpt2 records each
   tensor's CRC-32C (what it wrote: a conversion, or its own layout).
 - ``write(out, hparams, tensors, vocabulary)``: a new file or folder
@@ -27,10 +27,16 @@ from pathlib import Path
 from types import ModuleType
 
 from picogpt2.weights.formats import llmc, openai, safetensors, transformers
+from picogpt2.weights.formats.opened import OpenedModel
 
 FORMATS: dict[str, ModuleType] = {f.NAME: f for f in (llmc, transformers, openai, safetensors)}
 
 
-def detect(path: Path) -> ModuleType | None:
-    """The format of ``path``, or None when it is in none of them."""
-    return next((f for f in FORMATS.values() if f.detect(path)), None)
+def detect(path: Path) -> OpenedModel | None:
+    """The model at ``path`` in whichever format it is, opened; None when
+    it is in none of them."""
+    for fmt in FORMATS.values():
+        opened = fmt.detect(path)
+        if opened is not None:
+            return opened
+    return None

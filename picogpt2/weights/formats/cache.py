@@ -21,7 +21,6 @@ mapped from it at every later load. One rule for all of them:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -35,6 +34,7 @@ from picogpt2.util.status import status
 from picogpt2.weights.formats.safetensors import (
     DamagedWeightsError,
     crc_metadata,
+    open_safetensors,
     read_tensors,
     tensor_crcs,
     write_tensors,
@@ -60,39 +60,32 @@ def in_memory() -> Iterator[None]:
         _write_nothing.reset(token)
 
 
-def file_fingerprint(files: list[Path]) -> str:
-    """What identifies large source files without reading them whole: their
-    names, sizes, modification times and first 64 KiB (headers included)."""
-    digest = hashlib.sha256()
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}:".encode())
-        with open(path, "rb") as f:
-            digest.update(f.read(1 << 16))
-    return digest.hexdigest()
-
-
-def lookup(cache: Path, fingerprint: str, mend: str) -> dict[str, np.ndarray] | None:
+def lookup(cache: Path, fingerprint: str, mend: str | None) -> dict[str, np.ndarray] | None:
     """The cache's tensors, memory-mapped, when it exists and was made from
     the source ``fingerprint`` identifies; None when absent or stale.
     ``mend`` says how to mend a damaged one."""
     if not cache.is_file():
         return None
     try:
-        tensors, metadata = read_tensors(cache)
+        opened = open_safetensors(cache)
     except DamagedWeightsError as e:
         raise DamagedWeightsError(e.path, e.reason, mend) from None
+    metadata = opened.metadata
     recorded = metadata.get(FINGERPRINT_KEY, metadata.get(LEGACY_FINGERPRINT_KEY))
     if recorded is None:
         raise WeightsError(
             f"{cache} is not a conversion picogpt2 made, so it is not replaced: move it "
             "away, and picogpt2 converts the model into it"
         )
-    return tensors if recorded == fingerprint else None
+    return opened.tensors() if recorded == fingerprint else None
 
 
 def converted(
-    cache: Path, fingerprint: str, produce: Callable[[], Conversion], source: str, mend: str
+    cache: Path,
+    fingerprint: str,
+    produce: Callable[[], Conversion],
+    source: str,
+    mend: str | None,
 ) -> dict[str, np.ndarray]:
     """The tensors ``produce`` makes from ``source``, memory-mapped from
     ``cache``: converted once, and again when the fingerprint changes (the

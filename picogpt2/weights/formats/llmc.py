@@ -18,6 +18,7 @@ it, or the one given.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from picogpt2.hparams import HParams
 from picogpt2.util.atomic import atomic_write
 from picogpt2.util.errors import FormatError
 from picogpt2.weights.formats import cache
+from picogpt2.weights.formats.opened import HEAD, OpenedModel, fingerprint
 from picogpt2.weights.formats.safetensors import bfloat16_to_float32
 from picogpt2.weights.params import Tensor, block_schema, parameter_count, parse_hparams, schema
 
@@ -55,19 +57,38 @@ def layout(h: HParams, padded_vocab: int) -> list[tuple[list[Tensor], tuple[int,
     return entries + [([top["ln_f", leaf]], top["ln_f", leaf].shape) for leaf in "gb"]
 
 
-def detect(path: Path) -> bool:
+def detect(path: Path) -> OpenedModel | None:
+    """An llm.c file (by its magic number), opened: its header checked
+    against its size, the conversion cached beside it memory-mapped when it
+    is of this file (made at ``weights()`` otherwise). Its vocabulary is in
+    the folder beside it, where llm.c keeps its tokenizer too."""
     if not path.is_file():
-        return False
+        return None
     with open(path, "rb") as f:
-        return np.frombuffer(f.read(4), "<i4").tolist() == [MAGIC]
+        stat = os.fstat(f.fileno())
+        head = f.read(HEAD)
+    if np.frombuffer(head[:4], "<i4").tolist() != [MAGIC]:
+        return None
+    hparams, padded, dtype = _header(path, head, stat.st_size)
+    identity = fingerprint([(path, stat, head)])
+    mend = f"delete it, and picogpt2 converts {path} again"
+
+    def produce() -> cache.Conversion:
+        return _convert(path, hparams, padded, dtype), None
+
+    def convert() -> dict[str, np.ndarray]:
+        return cache.converted(cache_path(path), identity, produce, str(path), mend)
+
+    tensors = cache.lookup(cache_path(path), identity, mend)
+    return OpenedModel(path, NAME, hparams, path.parent, identity, tensors, convert)
 
 
-def _header(path: Path) -> tuple[HParams, int, np.dtype]:
-    """(hparams, padded vocabulary, stored dtype), checked against the size."""
-    with open(path, "rb") as f:
-        header = np.frombuffer(f.read(4 * HEADER_INTS), "<i4")
-    if len(header) < HEADER_INTS or header[0] != MAGIC:
-        raise FormatError(f"{path}: not an llm.c model file (magic {MAGIC})")
+def _header(path: Path, head: bytes, size: int) -> tuple[HParams, int, np.dtype]:
+    """(hparams, padded vocabulary, stored dtype) from the file's first
+    bytes ``head``, checked against its ``size``."""
+    header = np.frombuffer(head[: 4 * HEADER_INTS], "<i4")
+    if len(header) < HEADER_INTS:
+        raise FormatError(f"{path}: {size} bytes, too short for llm.c's header of 1024")
     version = int(header[1])
     if version not in VERSIONS:
         raise FormatError(f"{path}: llm.c version {version}; picogpt2 reads 3 (float32), 5 (bf16)")
@@ -80,21 +101,15 @@ def _header(path: Path) -> tuple[HParams, int, np.dtype]:
     dtype = VERSIONS[version]
     n = parameter_count(hparams) + (padded - hparams.n_vocab) * hparams.n_embd  # + wte's padding
     expected = 4 * HEADER_INTS + n * dtype.itemsize
-    if path.stat().st_size != expected:
+    if size != expected:
         raise FormatError(
-            f"{path}: {path.stat().st_size} bytes, but its header needs {expected}: truncated or "
-            "not this layout"
+            f"{path}: {size} bytes, but its header needs {expected}: truncated or not this layout"
         )
     return hparams, padded, dtype
 
 
-def read_header(path: Path) -> HParams:
-    return _header(path)[0]
-
-
-def _convert(path: Path) -> dict[str, np.ndarray]:
+def _convert(path: Path, hparams: HParams, padded: int, dtype: np.dtype) -> dict[str, np.ndarray]:
     """The file's parameters under the checkpoint's names and shapes, float32."""
-    hparams, padded, dtype = _header(path)
     data = np.memmap(path, dtype, mode="r", offset=4 * HEADER_INTS)
     tensors, offset = {}, 0
     for held, shape in layout(hparams, padded):
@@ -114,25 +129,10 @@ def cache_path(path: Path) -> Path:
     return path.with_name(path.name + ".picogpt2.safetensors")
 
 
-def read(path: Path) -> tuple[HParams, dict[str, np.ndarray]]:
-    """The hyperparameters, and the tensors from the conversion cached
-    beside the file (made first when needed)."""
-    hparams = read_header(path)
-    mend = f"delete it, and picogpt2 converts {path} again"
-    tensors = cache.converted(cache_path(path), cache.file_fingerprint([path]),
-                              lambda: (_convert(path), None), str(path), mend)  # fmt: skip
-    return hparams, tensors
-
-
 def checksum_files(path: Path) -> list[Path]:
     """The files where picogpt2 records each tensor's CRC-32C: the cached
     conversion beside the file (llm.c records none)."""
     return [cache_path(path)]
-
-
-def vocabulary(path: Path) -> Path:
-    """The folder beside the file (where llm.c keeps its tokenizer too)."""
-    return path.parent
 
 
 def write(out: Path, hparams: HParams, tensors: dict[str, np.ndarray], vocabulary: Path) -> None:

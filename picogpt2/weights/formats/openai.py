@@ -23,6 +23,7 @@ from picogpt2.util.atomic import atomic_folder
 from picogpt2.util.crc32c import unmask
 from picogpt2.util.status import Progress
 from picogpt2.weights.formats import cache
+from picogpt2.weights.formats.opened import OpenedModel
 from picogpt2.weights.formats.safetensors import WEIGHTS_FILE
 from picogpt2.weights.formats.tf_bundle import (
     CheckpointError,
@@ -61,65 +62,42 @@ def has_complete_checkpoint(folder: Path) -> bool:
     return all(shard_path(prefix, s, n_shards).is_file() for s in range(n_shards))
 
 
-def detect(path: Path) -> bool:
-    return (path / HPARAMS_FILE).is_file() and checkpoint_prefix(path) is not None
-
-
-def read_header(path: Path) -> HParams:
-    """``hparams.json``, checked against the numbers the checkpoint holds."""
-    hparams = read_hparams(path)
-    _, entries = read_tf_index(find_checkpoint_prefix(path))
-    check_shapes({name: (e.shape, e.dtype.name) for name, e in entries.items()}, hparams, path)
-    return hparams
-
-
-def _fingerprint(prefix: Path) -> str:
-    return hashlib.sha256(Path(f"{prefix}.index").read_bytes()).hexdigest()
-
-
-def _mend(folder: Path) -> str | None:
-    if has_complete_checkpoint(folder):
-        return "delete it, and picogpt2 converts the checkpoint beside it again"
-    return None  # the shards are gone: the caller knows where the model came from
-
-
-def is_converted(folder: Path) -> bool:
-    """``model.safetensors`` is there and was converted from the folder's
-    checkpoint as it is now. Raises ``DamagedWeightsError`` for a damaged one."""
-    prefix = checkpoint_prefix(folder)
+def detect(path: Path) -> OpenedModel | None:
+    """A folder with ``hparams.json`` and a checkpoint, opened: the sizes
+    checked against the index, the conversion memory-mapped when it is
+    there and of this checkpoint (made at ``weights()`` otherwise, checking
+    every tensor's CRC-32C)."""
+    prefix = checkpoint_prefix(path) if (path / HPARAMS_FILE).is_file() else None
     if prefix is None:
-        return False
-    tensors = cache.lookup(folder / WEIGHTS_FILE, _fingerprint(prefix), _mend(folder))
-    return tensors is not None
-
-
-def read(path: Path) -> tuple[HParams, dict[str, np.ndarray]]:
-    """The folder's hyperparameters and tensors, memory-mapped from the
-    conversion (made first when needed, checking every tensor's CRC-32C)."""
-    hparams = read_header(path)
-    prefix = find_checkpoint_prefix(path)
+        return None
+    hparams = read_hparams(path)
+    data = Path(f"{prefix}.index").read_bytes()
+    index = read_tf_index(prefix, data)
+    n_shards, entries = index
+    check_shapes({name: (e.shape, e.dtype.name) for name, e in entries.items()}, hparams, path)
+    identity = hashlib.sha256(data).hexdigest()  # a checkpoint written over it differs
+    complete = all(shard_path(prefix, s, n_shards).is_file() for s in range(n_shards))
+    # Without its shards, the caller knows where the model came from.
+    mend = "delete it, and picogpt2 converts the checkpoint beside it again" if complete else None
 
     def produce() -> cache.Conversion:
-        _, entries = read_tf_index(prefix)
         progress = Progress(f"converting {path.name}", sum(e.size for e in entries.values()))
-        tensors = read_tf_checkpoint(prefix, verify=True, progress=progress.update)
+        tensors = read_tf_checkpoint(prefix, verify=True, progress=progress.update, index=index)
         progress.finish()
         # The index's CRCs are of these very bytes (little-endian, as written).
         return tensors, {name: unmask(entries[name].crc32c) for name in tensors}
 
-    source = f"{prefix} (checking every tensor's CRC-32C)"
-    tensors = cache.converted(path / WEIGHTS_FILE, _fingerprint(prefix), produce, source,
-                              _mend(path))  # fmt: skip
-    return hparams, tensors
+    def convert() -> dict[str, np.ndarray]:
+        source = f"{prefix} (checking every tensor's CRC-32C)"
+        return cache.converted(path / WEIGHTS_FILE, identity, produce, source, mend)
+
+    tensors = cache.lookup(path / WEIGHTS_FILE, identity, mend)
+    return OpenedModel(path, NAME, hparams, path, identity, tensors, convert)
 
 
 def checksum_files(path: Path) -> list[Path]:
     """The files where picogpt2 records each tensor's CRC-32C: the conversion."""
     return [path / WEIGHTS_FILE]
-
-
-def vocabulary(path: Path) -> Path:
-    return path
 
 
 def write(out: Path, hparams: HParams, tensors: dict[str, np.ndarray], vocabulary: Path) -> None:

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -34,6 +37,7 @@ from picogpt2.hparams import HParams
 from picogpt2.util.atomic import atomic_folder, atomic_write
 from picogpt2.util.crc32c import crc32c
 from picogpt2.util.errors import WeightsError
+from picogpt2.weights.formats.opened import HEAD, OpenedModel, fingerprint
 from picogpt2.weights.params import HPARAMS_FILE, Shapes, check_shapes, read_hparams, write_hparams
 from picogpt2.weights.vocabulary import copy_vocabulary
 
@@ -79,20 +83,72 @@ def write_tensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str
             f.write(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).data)
 
 
-def read_entries(path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
-    """(name -> {dtype, shape, data_offsets}, metadata, where the data starts),
-    every entry checked: known dtype, a shape of sizes, and offsets that
-    tile the data exactly. Raises ``DamagedWeightsError`` naming the fault."""
+@dataclass
+class SafetensorsFile:
+    """A safetensors file opened once: its checked header (``entries``,
+    ``metadata``), its data memory-mapped, and what identifies the file
+    without reading it whole (its ``stat`` and first ``HEAD`` bytes)."""
+
+    path: Path
+    entries: dict[str, dict]
+    metadata: dict[str, str]
+    data: np.ndarray  # uint8, the bytes after the header
+    stat: os.stat_result
+    head: bytes
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """name -> read-only view of the mapped data; bfloat16 tensors come
+        back as float32 copies (exact)."""
+        tensors = {}
+        for name, info in self.entries.items():
+            begin, stop = info["data_offsets"]
+            array = self.data[begin:stop].view(NAME_DTYPES[info["dtype"]]).reshape(info["shape"])
+            tensors[name] = bfloat16_to_float32(array) if info["dtype"] == "BF16" else array
+        return tensors
+
+
+def open_safetensors(path: Path) -> SafetensorsFile:
+    """The file at ``path``, opened once: its header read and checked
+    strictly (``DamagedWeightsError`` names the fault), its data mapped
+    from the same open file."""
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
-            prefix = f.read(8)
-            n = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else None
-            raw = f.read(n) if n is not None and 8 + n <= size else None
+            stat = os.fstat(f.fileno())
+            head = f.read(HEAD)
+            entries, metadata, data_start = _read_header(path, f, head, stat.st_size)
+            data = (np.memmap(f, np.uint8, mode="r", offset=data_start)
+                    if stat.st_size > data_start else np.zeros(0, np.uint8))  # fmt: skip
     except OSError as e:
         raise WeightsError(f"{path}: cannot read: {e.strerror}") from None
-    if raw is None:
+    return SafetensorsFile(path, entries, metadata, data, stat, head)
+
+
+def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(name -> read-only memory-mapped array, metadata): ``open_safetensors``."""
+    opened = open_safetensors(path)
+    return opened.tensors(), opened.metadata
+
+
+def read_entries(path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
+    """(name -> {dtype, shape, data_offsets}, metadata, where the data
+    starts), checked as ``open_safetensors`` checks them, nothing mapped."""
+    try:
+        with open(path, "rb") as f:
+            return _read_header(path, f, f.read(HEAD), os.fstat(f.fileno()).st_size)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def _read_header(
+    path: Path, f: BinaryIO, head: bytes, size: int
+) -> tuple[dict[str, dict], dict[str, str], int]:
+    """The header of the file ``f`` (``size`` bytes), whose first bytes
+    ``head`` were read: every entry checked (known dtype, a shape of sizes,
+    offsets that tile the data exactly). Raises ``DamagedWeightsError``."""
+    n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else None
+    if n is None or 8 + n > size:
         raise DamagedWeightsError(path, f"{size} bytes, too short for its header")
+    raw = head[8 : 8 + n] + f.read(max(8 + n - len(head), 0))
     try:
         header = json.loads(raw)
     except ValueError:
@@ -105,11 +161,9 @@ def read_entries(path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
     end = 0
     for name, info in sorted(header.items(), key=lambda item: _begin(item[1])):
         end = _check_entry(path, name, info, end)
-    if 8 + len(raw) + end != size:
-        raise DamagedWeightsError(
-            path, f"{size} bytes, but its header describes {8 + len(raw) + end}"
-        )
-    return header, metadata, 8 + len(raw)
+    if 8 + n + end != size:
+        raise DamagedWeightsError(path, f"{size} bytes, but its header describes {8 + n + end}")
+    return header, metadata, 8 + n
 
 
 def entry_shapes(header: dict[str, dict]) -> Shapes:
@@ -151,23 +205,6 @@ def _check_entry(path: Path, name: str, info: object, start: int) -> int:
 
 def _is_size(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(name -> read-only memory-mapped array, metadata), the header checked
-    strictly. bfloat16 tensors come back as float32 copies (exact)."""
-    header, metadata, data_start = read_entries(path)
-    data = (
-        np.memmap(path, np.uint8, mode="r", offset=data_start)
-        if path.stat().st_size > data_start
-        else np.zeros(0, np.uint8)
-    )
-    tensors = {}
-    for name, info in header.items():
-        begin, stop = info["data_offsets"]
-        array = data[begin:stop].view(NAME_DTYPES[info["dtype"]]).reshape(info["shape"])
-        tensors[name] = bfloat16_to_float32(array) if info["dtype"] == "BF16" else array
-    return tensors, metadata
 
 
 def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -215,30 +252,23 @@ def verify(path: Path, progress: Callable[[int], None] | None = None) -> int:
 # -- the format -----------------------------------------------------------------
 
 
-def detect(path: Path) -> bool:
-    return (path / HPARAMS_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
-
-
-def read_header(path: Path) -> HParams:
-    """``hparams.json``, checked against the numbers the weights hold."""
+def detect(path: Path) -> OpenedModel | None:
+    """A folder with ``hparams.json`` and ``model.safetensors``, opened:
+    the sizes checked against the tensors, every tensor memory-mapped. A
+    damaged file is reported as such, never replaced: it may be the only
+    copy."""
+    if not ((path / HPARAMS_FILE).is_file() and (path / WEIGHTS_FILE).is_file()):
+        return None
     hparams = read_hparams(path)
-    check_shapes(entry_shapes(read_entries(path / WEIGHTS_FILE)[0]), hparams, path)
-    return hparams
-
-
-def read(path: Path) -> tuple[HParams, dict[str, np.ndarray]]:
-    """The folder's hyperparameters and tensors, memory-mapped. A damaged
-    file is reported as such, never replaced: it may be the only copy."""
-    return read_header(path), read_tensors(path / WEIGHTS_FILE)[0]
+    weights = open_safetensors(path / WEIGHTS_FILE)
+    check_shapes(entry_shapes(weights.entries), hparams, path)
+    identity = fingerprint([(weights.path, weights.stat, weights.head)])
+    return OpenedModel(path, NAME, hparams, path, identity, weights.tensors())
 
 
 def checksum_files(path: Path) -> list[Path]:
     """The files that record each tensor's CRC-32C when picogpt2 wrote them."""
     return [path / WEIGHTS_FILE]
-
-
-def vocabulary(path: Path) -> Path:
-    return path
 
 
 def write(out: Path, hparams: HParams, tensors: dict[str, np.ndarray], vocabulary: Path) -> None:

@@ -171,8 +171,9 @@ def read_block(data: bytes, handle: bytes, path: Path) -> bytes:
     return block
 
 
-def read_table(path: Path) -> list[tuple[bytes, bytes]]:
-    data = path.read_bytes()
+def read_table(path: Path, data: bytes | None = None) -> list[tuple[bytes, bytes]]:
+    """The entries of the table at ``path`` (``data``: its bytes, when read)."""
+    data = path.read_bytes() if data is None else data
     if len(data) < FOOTER_SIZE or struct.unpack("<Q", data[-8:])[0] != TABLE_MAGIC:
         raise CheckpointError(f"{path}: not a TensorFlow checkpoint index", path)
     footer = data[-FOOTER_SIZE:]
@@ -260,12 +261,16 @@ def find_checkpoint_prefix(path: str | Path) -> Path:
     raise CheckpointError(f"{path}: no 'checkpoint' file and not exactly one *.index file", path)
 
 
-def read_tf_index(prefix: str | Path) -> tuple[int, dict[str, TensorEntry]]:
-    """(number of shards, name -> entry) from ``PREFIX.index``."""
+Index = tuple[int, dict[str, TensorEntry]]  # (number of shards, name -> entry)
+
+
+def read_tf_index(prefix: str | Path, data: bytes | None = None) -> Index:
+    """(number of shards, name -> entry) from ``PREFIX.index`` (``data``:
+    its bytes, when already read)."""
     prefix = find_checkpoint_prefix(prefix)
     path = Path(f"{prefix}.index")
     n_shards, entries = 1, {}
-    for key, value in read_table(path):
+    for key, value in read_table(path, data):
         try:
             fields = parse_fields(value)
         except ValueError as e:
@@ -312,8 +317,10 @@ def read_tf_checkpoint(
     *,
     verify: bool = True,
     progress: Callable[[int], None] | None = None,
+    index: Index | None = None,
 ) -> dict[str, np.ndarray]:
-    """name -> array for every tensor of a checkpoint (a prefix or a folder).
+    """name -> array for every tensor of a checkpoint (a prefix or a folder;
+    ``index``: its index, when already read).
 
     Arrays are read-only views of the memory-mapped shards: nothing is copied.
     With ``verify`` (the default) every tensor's CRC-32C is checked; a
@@ -322,7 +329,7 @@ def read_tf_checkpoint(
     tensor's size in bytes once it is read.
     """
     prefix = find_checkpoint_prefix(prefix)
-    n_shards, entries = read_tf_index(prefix)
+    n_shards, entries = index or read_tf_index(prefix)
     shards: dict[int, np.ndarray] = {}
     tensors = {}
     for name, entry in entries.items():

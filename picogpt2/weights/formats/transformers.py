@@ -24,11 +24,12 @@ from picogpt2.hparams import HParams
 from picogpt2.util.atomic import atomic_folder
 from picogpt2.util.errors import FormatError
 from picogpt2.weights.formats import cache
+from picogpt2.weights.formats.opened import OpenedModel, fingerprint
 from picogpt2.weights.formats.safetensors import (
     WEIGHTS_FILE,
+    SafetensorsFile,
     entry_shapes,
-    read_entries,
-    read_tensors,
+    open_safetensors,
     write_tensors,
 )
 from picogpt2.weights.params import Tensor, check_layer_count, check_shapes, parse_hparams, schema
@@ -55,23 +56,38 @@ def hf_name(t: Tensor) -> str:
     return f"{PREFIX}{block}{t.module.replace('/', '.')}.{LEAVES[t.leaf]}"
 
 
-def detect(path: Path) -> bool:
-    return path.is_dir() and (path / CONFIG_FILE).is_file()
-
-
-def read_header(path: Path) -> HParams:
-    """GPT-2's sizes from ``config.json``, refusing any setting that changes
-    the math in a way picogpt2 does not implement, checked against the
-    tensors the weight files hold."""
+def detect(path: Path) -> OpenedModel | None:
+    """A transformers folder, opened: GPT-2's sizes from ``config.json``
+    (refusing any setting that changes the math in a way picogpt2 does not
+    implement), checked against the tensors the weight files hold; float32
+    used in place, half precision from the cached float32 copy (made at
+    ``weights()`` when missing)."""
+    if not (path.is_dir() and (path / CONFIG_FILE).is_file()):
+        return None
     hparams = read_config(path / CONFIG_FILE)
+    files = [open_safetensors(file) for file in weight_files(path)]
     shapes = {}
-    for file in weight_files(path):
-        header = entry_shapes(read_entries(file)[0])
-        for theirs, ours in checkpoint_names(header, hparams, file).items():
+    for file in files:
+        header = entry_shapes(file.entries)
+        for theirs, ours in checkpoint_names(header, hparams, file.path).items():
             shape, dtype = header[theirs]
             shapes[ours.name] = ((1, *shape) if ours.leaf == "w" else shape, dtype)
     check_shapes(shapes, hparams, path)
-    return hparams
+    identity = fingerprint((f.path, f.stat, f.head) for f in files)
+    stored = {entry["dtype"] for file in files for entry in file.entries.values()}
+    if stored <= {"F32", "F64"}:
+        return OpenedModel(path, NAME, hparams, path, identity, mapped(files, hparams))
+
+    def upcast() -> cache.Conversion:
+        return {k: np.asarray(v, np.float32) for k, v in mapped(files, hparams).items()}, None
+
+    mend = f"delete it, and picogpt2 converts {path} again"
+
+    def convert() -> dict[str, np.ndarray]:
+        return cache.converted(path / CACHE_FILE, identity, upcast, str(files[0].path), mend)
+
+    tensors = cache.lookup(path / CACHE_FILE, identity, mend)
+    return OpenedModel(path, NAME, hparams, path, identity, tensors, convert)
 
 
 def read_config(path: Path) -> HParams:
@@ -162,49 +178,27 @@ def checkpoint_names(names: Iterable[str], hparams: HParams, path: Path) -> dict
     return found
 
 
-def mapped(files: list[Path], hparams: HParams) -> dict[str, np.ndarray]:
+def mapped(files: list[SafetensorsFile], hparams: HParams) -> dict[str, np.ndarray]:
     """The files' weights under the checkpoint's names and shapes (linear
     weights [1, in, out]), views of the memory-mapped files."""
     tensors, head = {}, None
-    for path in files:
-        arrays = read_tensors(path)[0]
-        for theirs, t in checkpoint_names(arrays, hparams, path).items():
+    for file in files:
+        arrays = file.tensors()
+        for theirs, t in checkpoint_names(arrays, hparams, file.path).items():
             tensors[t.name] = arrays[theirs][None] if t.leaf == "w" else arrays[theirs]
         head = next((a for name, a in arrays.items() if name.removeprefix(PREFIX) == HEAD), head)
     if head is not None and not np.array_equal(head, tensors.get("model/wte")):
         raise FormatError(
-            f"{files[0].parent}: {HEAD} differs from wte: GPT-2's output head is the token "
+            f"{files[0].path.parent}: {HEAD} differs from wte: GPT-2's output head is the token "
             "embedding (tied), and picogpt2 implements only that"
         )
     return tensors
-
-
-def read(path: Path) -> tuple[HParams, dict[str, np.ndarray]]:
-    """The folder's hyperparameters and tensors: float32 memory-mapped in
-    place, half precision from the cached float32 copy."""
-    hparams = read_header(path)
-    files = weight_files(path)
-    stored = {entry["dtype"] for file in files for entry in read_entries(file)[0].values()}
-    if stored <= {"F32", "F64"}:
-        return hparams, mapped(files, hparams)
-
-    def upcast() -> cache.Conversion:
-        return {k: np.asarray(v, np.float32) for k, v in mapped(files, hparams).items()}, None
-
-    mend = f"delete it, and picogpt2 converts {path} again"
-    tensors = cache.converted(path / CACHE_FILE, cache.file_fingerprint(files), upcast,
-                              str(files[0]), mend)  # fmt: skip
-    return hparams, tensors
 
 
 def checksum_files(path: Path) -> list[Path]:
     """The files where picogpt2 records each tensor's CRC-32C: the cached
     conversion of half-precision weights (transformers records none)."""
     return [path / CACHE_FILE]
-
-
-def vocabulary(path: Path) -> Path:
-    return path
 
 
 def config_json(hparams: HParams, eot_token: int) -> dict:
