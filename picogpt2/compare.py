@@ -20,9 +20,10 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from picogpt2.activations import describe
 from picogpt2.cli.arguments import Parser, add_models_dir_argument, prog_name
 from picogpt2.cli.running import run_cli
-from picogpt2.oracle.comparison import Check, Comparison, Model
+from picogpt2.oracle.comparison import Check, Generation, Model, Report, compare
 from picogpt2.oracle.dumps import load_dump
 from picogpt2.oracle.plot import svg
 from picogpt2.util.atomic import atomic_write, require_new
@@ -46,70 +47,128 @@ def check_line(ch: Check, isolated: bool) -> str:
     )
 
 
-def format_report(c: Comparison) -> str:
-    isolated = c.isolation is not None
-    lines = [f"note: {note}" for note in c.notes]
-    lines.append(f"{c.mode}: tolerance max|d| <= atol + rtol * max|reference|")
-    alone = "     alone  " if isolated else ""
+def near_tie(tie: bool) -> str:
+    return "near-tie" if tie else "real disagreement"
+
+
+def format_report(r: Report) -> str:
+    lines = [f"note: {note}" for note in r.notes]
+    lines.append(f"{r.mode}: tolerance max|d| <= atol + rtol * max|reference|")
+    alone = "     alone  " if r.isolated else ""
     lines.append(f"{'key':16} {'shape':22} {'max |d|':>9} {'max rel':>9} {alone}{'rtol':>8}  "
                  f"{'worst at':18} verdict")  # fmt: skip
-    lines += [check_line(ch, isolated) for ch in c.checks]
-    if c.argmax:
-        a = c.argmax
-        lines.append(f"argmax: {a['agree']}/{a['positions_total']} positions agree")
-        for p in a["disagreements"]:
+    lines += [check_line(ch, r.isolated) for ch in r.checks]
+    if r.argmax:
+        a = r.argmax
+        lines.append(f"argmax: {a.agree}/{a.positions_total} positions agree")
+        for d in a.disagreements:
             lines.append(
-                f"  position {p['position']}: the reference's two best logits are "
-                f"{p['reference_gap']:.2e} apart: {p['verdict']}"
+                f"  position {d.position}: the reference's two best logits are "
+                f"{d.reference_gap:.2e} apart: {near_tie(d.near_tie)}"
             )
-    if c.logit_summary:
-        s = c.logit_summary
+    if r.distributions:
+        s = r.distributions
         lines.append(
-            f"distributions: KL(reference || candidate) mean {s['kl_mean']:.2e}, max "
-            f"{s['kl_max']:.2e} (position {s['kl_max_position']}); top-5 overlap "
-            f"{s['top5_overlap']:.1%}; greedy agreement {s['greedy_agreement']:.1%}"
+            f"distributions: KL(reference || candidate) mean {s.kl_mean:.2e}, max "
+            f"{s.kl_max:.2e} (position {s.kl_max_position}); top-5 overlap "
+            f"{s.top5_overlap:.1%}; greedy agreement {s.greedy_agreement:.1%}"
         )
-    if c.generation:
-        lines.append(generation_line(c.generation))
-    if c.float32_sized is not None:
+    if r.generation:
+        lines.append(generation_line(r.generation))
+    if r.float32_sized is not None:
         lines.append(
             f"precision: the errors are the size of float32 rounding (at most "
-            f"{c.float32_sized:.1e}); if your implementation computes in float32 and only "
+            f"{r.float32_sized:.1e}); if your implementation computes in float32 and only "
             "stores float64 (NumPy 2 promotes float32 / float64 scalars), use --precision float32"
         )
-    lines.append(c.conclusion())
+    lines.append(conclusion(r))
     return "\n".join(lines)
 
 
-def generation_line(g: dict) -> str:
-    if g["first_difference"] is None:
-        return f"generation: all {g['steps']} ids identical"
-    text = f"generation: the ids first differ at step {g['first_difference']}"
-    if "reference_gap" in g:
-        text += f", where the reference's two best logits are {g['reference_gap']:.2e} apart"
-    return text + f": {g['verdict']}"
+def generation_line(g: Generation) -> str:
+    if g.first_difference is None:
+        return f"generation: all {g.steps} ids identical"
+    text = f"generation: the ids first differ at step {g.first_difference}"
+    if g.reference_gap is not None:
+        text += f", where the reference's two best logits are {g.reference_gap:.2e} apart"
+    return text + f": {near_tie(g.near_tie)}"
 
 
-def report_json(c: Comparison) -> dict:
+def conclusion(r: Report) -> str:
+    """The closing line, claiming no more than the checks show."""
+    blamed, wrong = r.blamed, r.first_wrong
+    if blamed is not None and not blamed.alone_from:
+        return f"blamed: {blamed.label}, {describe(blamed.key, blamed.layer)}: not finite"
+    if blamed is not None:
+        before = "every operation before it is right on its own inputs" if (
+            r.checks.index(blamed)) else "it is the first operation compared"  # fmt: skip
+        return (
+            f"blamed: {blamed.label}, {describe(blamed.key, blamed.layer)}: recomputed from "
+            f"your {', '.join(blamed.alone_from)}, it is {blamed.alone_rel:.1e} of its "
+            f"largest value off (tolerance {blamed.alone_rtol:.0e}); {before}"
+        )
+    if wrong is not None and r.isolated:
+        return (
+            f"NOT OK: {wrong.label} is {wrong.max_rel:.1e} of its largest value from the "
+            f"reference, yet every operation is right on its own inputs: the difference is "
+            "rounding carried through the pass"
+        )
+    if wrong is not None:
+        return unisolated(r, wrong)
+    if not r.ok:
+        return "NOT OK: every key is within tolerance, but a token choice really differs"
+    return f"OK: every shared key is within tolerance ({len(r.checks)} checks)"
+
+
+def unisolated(r: Report, wrong: Check) -> str:
+    text = (
+        f"first over tolerance: {wrong.label} ({describe(wrong.key, wrong.layer)}): "
+        f"{wrong.max_rel:.1e} of its largest value, tolerance {wrong.rtol:.0e}"
+    )
+    jump = r.first_jump
+    if jump is not None and r.checks.index(jump.check) <= r.checks.index(wrong):
+        text += f"; the error first jumps at {jump.check.label} ({jump.ratio:,.0f}x the key before)"
+    return text + (
+        "; errors carry forward and add up, so the bug is there or before it: to blame one "
+        "operation, give the model (--model), which recomputes each from your own inputs"
+    )
+
+
+def report_json(r: Report) -> dict:
     def where(ch: Check | None) -> dict | None:
         return None if ch is None else {"key": ch.key, "layer": ch.layer, "label": ch.label}
 
-    jump = c.first_jump
+    argmax = generation = None
+    if r.argmax:
+        a = r.argmax
+        argmax = {"agree": a.agree, "positions_total": a.positions_total,
+                  "tie_tolerance": a.tie_tolerance, "disagreements": [
+                      {"position": d.position, "reference_gap": d.reference_gap,
+                       "verdict": near_tie(d.near_tie)} for d in a.disagreements],
+                  "real_disagreements": a.real_disagreements}  # fmt: skip
+    if r.generation:
+        g = r.generation
+        generation = {"first_difference": g.first_difference, "steps": g.steps,
+                      "verdict": "identical" if g.first_difference is None else near_tie(
+                          g.near_tie)}  # fmt: skip
+        if g.reference_gap is not None:
+            generation |= {"reference_gap": g.reference_gap, "tie_tolerance": g.tie_tolerance}
     return {
-        "ok": c.ok,
-        "mode": c.mode,
-        "notes": c.notes,
-        "checks": [{**asdict(ch), "label": ch.label} for ch in c.checks],
-        "first_wrong": where(c.first_wrong),
-        "first_jump": None if jump is None else {**where(jump[0]), "ratio": jump[1]},
-        "blamed": where(c.blamed),
-        "isolated": c.isolation is not None,
-        "float32_sized": c.float32_sized,
-        "argmax": c.argmax,
-        "distributions": c.logit_summary,
-        "generation": c.generation,
-        "conclusion": c.conclusion(),
-    }
+        "ok": r.ok,
+        "mode": r.mode,
+        "notes": r.notes,
+        "checks": [{**asdict(ch), "label": ch.label} for ch in r.checks],
+        "first_wrong": where(r.first_wrong),
+        "first_jump": None if r.first_jump is None else {**where(r.first_jump.check),
+                                                         "ratio": r.first_jump.ratio},
+        "blamed": where(r.blamed),
+        "isolated": r.isolated,
+        "float32_sized": r.float32_sized,
+        "argmax": argmax,
+        "distributions": None if r.distributions is None else asdict(r.distributions),
+        "generation": generation,
+        "conclusion": conclusion(r),
+    }  # fmt: skip
 
 
 def load_weights(name: str, models_dir: Path | None) -> Model:
@@ -172,17 +231,17 @@ def main(argv: list[str] | None = None) -> int:
             reference.release()
             candidate.release()
 
-        comparison = Comparison(reference, candidate, rtol=args.rtol, atol=args.atol,
-                                precision=args.precision, model=model, release=release)  # fmt: skip
+        report = compare(reference, candidate, rtol=args.rtol, atol=args.atol,
+                         precision=args.precision, model=model, release=release)  # fmt: skip
         if args.plot is not None:
             title = f"{args.candidate.name} against {args.reference.name}"
             with atomic_write(args.plot) as f:
-                f.write(svg(comparison, title).encode("utf-8"))
+                f.write(svg(report, title).encode("utf-8"))
         if args.json:
-            print(json.dumps(report_json(comparison), indent=1))
+            print(json.dumps(report_json(report), indent=1))
         else:
-            print(format_report(comparison))
-        return 0 if comparison.ok else 1
+            print(format_report(report))
+        return 0 if report.ok else 1
 
     return run_cli(body, parser.prog)
 

@@ -376,3 +376,18 @@ def test_readme_documents_every_key():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for key in [*KEYS, *GENERATION]:
         assert f"`{key}`" in readme, key
+
+
+def test_compare_is_a_function_with_a_typed_report(dumps):
+    from picogpt2.oracle.comparison import Argmax, Check, Report, compare
+
+    ref, cand = dict(np.load(dumps / "float64.npz")), dict(np.load(dumps / "float32.npz"))
+    report = compare(ref, cand)
+    assert isinstance(report, Report) and report.ok and report.blamed is None
+    assert all(isinstance(c, Check) and c.ok for c in report.checks)
+    assert isinstance(report.argmax, Argmax) and report.argmax.real_disagreements == 0
+    cand["logits"] = cand["logits"].copy()
+    cand["logits"][0, 0] += 1e3  # a flipped argmax, far beyond any near-tie
+    report = compare(ref, cand)
+    assert not report.ok and report.first_wrong.key == "logits"
+    assert not report.argmax.disagreements[0].near_tie  # the verdict is data, not words

@@ -1,5 +1,6 @@
 """Judging a candidate's activations against a reference dump, key by key
-and layer by layer, and naming where it goes wrong (``compare``).
+and layer by layer, and naming where it goes wrong: ``compare`` returns a
+``Report``, which the command prints.
 
 Every judgement is ``max |candidate - reference| <= atol + rtol * max
 |reference|``, per layer for stacked keys, with the tolerances of
@@ -9,22 +10,22 @@ per position changes no probability), attention scores on the causal
 triangle alone (what lies above it is never used). With the model's
 weights, each operation is also recomputed from the candidate's own inputs
 (``isolation.py``): the first operation whose own output is wrong is the
-one blamed. Everything is read a layer at a time from memory-mapped files.
+one blamed. Everything is read a chunk of rows at a time from
+memory-mapped files.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from picogpt2.activations import ALONE32, KEYS, RTOL32, RTOL64, describe, forward_order
-from picogpt2.gpt2 import log_softmax
+from picogpt2.activations import ALONE32, KEYS, RTOL32, RTOL64, forward_order
+from picogpt2.gpt2 import Params, log_softmax
 from picogpt2.oracle.candidates import Activations, read_candidate, read_ours
 from picogpt2.oracle.isolation import Isolation, label
 from picogpt2.util.errors import InputError
-from picogpt2.weights.params import Params
 
 CHUNK = 64  # rows at a time: a 1024 x 50257 logits array is never copied whole
 JUMP = 10  # an error this many times the previous key's has jumped
@@ -33,9 +34,10 @@ TOP = 5
 
 @dataclass
 class Check:
-    """One key (one layer of a stacked key) compared; ``alone`` is the
-    error of its operation alone (isolation), from the candidate's keys
-    ``alone_from``."""
+    """One key (one layer of a stacked key) compared, against the reference
+    (``max_abs``, ``max_rel``, held to ``rtol``) and, with a model, on its
+    own inputs: ``alone_rel``, the error of its operation alone, from the
+    candidate's keys ``alone_from``, held to ``alone_rtol``."""
 
     key: str
     layer: int | None
@@ -50,13 +52,172 @@ class Check:
     alone_rel: float | None = None
     alone_ok: bool | None = None
     alone_from: tuple[str, ...] = ()
+    alone_rtol: float | None = None
 
     @property
     def label(self) -> str:
         return label(self.key, self.layer)
 
 
-def blocks(array: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+@dataclass
+class Disagreement:
+    """A position whose next token differs; ``near_tie``: the reference's
+    two best logits are within the tolerance there (rounding can flip it)."""
+
+    position: int
+    reference_gap: float
+    near_tie: bool
+
+
+@dataclass
+class Argmax:
+    """How many positions pick the same next token, and each that does not."""
+
+    agree: int
+    positions_total: int
+    tie_tolerance: float
+    disagreements: list[Disagreement]
+
+    @property
+    def real_disagreements(self) -> int:
+        return sum(not d.near_tie for d in self.disagreements)
+
+
+@dataclass
+class Distributions:
+    """How close the next-token distributions are: KL(reference ||
+    candidate) per position, the overlap of the five most likely tokens,
+    greedy agreement."""
+
+    kl_mean: float
+    kl_max: float
+    kl_max_position: int
+    top5_overlap: float
+    greedy_agreement: float
+
+
+@dataclass
+class Generation:
+    """The first generated id that differs (None: all identical) and, when
+    the reference recorded its logits there, whether it was a near-tie."""
+
+    steps: int
+    first_difference: int | None
+    near_tie: bool = False
+    reference_gap: float | None = None
+    tie_tolerance: float | None = None
+
+    @property
+    def real_disagreement(self) -> bool:
+        return self.first_difference is not None and not self.near_tie
+
+
+@dataclass
+class Jump:
+    """The first key whose error is ``JUMP`` times the key's before it."""
+
+    check: Check
+    ratio: float
+
+
+@dataclass
+class Report:
+    """A comparison: every check in forward order, and what they show."""
+
+    mode: str  # "float32 vs float64": the candidate's precision, then the reference's
+    notes: list[str]
+    checks: list[Check]
+    isolated: bool  # each operation was recomputed from the candidate's own inputs
+    overridden: bool  # --rtol or --atol replaced the tolerances
+    argmax: Argmax | None = None
+    distributions: Distributions | None = None
+    generation: Generation | None = None
+    first_wrong: Check | None = field(init=False)
+    blamed: Check | None = field(init=False)  # the first operation wrong on its own inputs
+    first_jump: Jump | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.first_wrong = next((c for c in self.checks if not c.ok), None)
+        self.blamed = next((c for c in self.checks if c.alone_ok is False), None)
+        self.first_jump = _first_jump(self.checks)
+
+    @property
+    def ok(self) -> bool:
+        """Every key within tolerance, and no token choice really differs."""
+        argmax_ok = self.argmax is None or not self.argmax.real_disagreements
+        generation_ok = self.generation is None or not self.generation.real_disagreement
+        return self.first_wrong is None and argmax_ok and generation_ok
+
+    @property
+    def float32_sized(self) -> float | None:
+        """In float64 mode, the largest failing error when every failure is
+        the size of float32 rounding: a float32 computation kept in float64."""
+        if self.mode != "float64 vs float64" or self.overridden:
+            return None
+        failing = [c.max_rel for c in self.checks if not c.ok]
+        failing += [c.alone_rel for c in self.checks if c.alone_ok is False]
+        worst = max(failing, default=0.0)
+        return worst if 0 < worst <= 5 * RTOL32 else None
+
+
+@dataclass
+class Model:
+    """What isolation needs of the model: its weights, as the tree."""
+
+    params: Params
+    n_head: int
+
+
+def compare(
+    ref: Mapping[str, np.ndarray],
+    cand: Mapping[str, np.ndarray],
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    precision: str | None = None,
+    model: Model | None = None,
+    release: Callable[[], None] = lambda: None,
+) -> Report:
+    """Judge the candidate dump ``cand`` against the reference ``ref``:
+    ``precision`` is what the candidate computed in (None: read from its
+    dtypes), ``rtol`` and ``atol`` replace every tolerance, ``model``
+    blames by isolation, and ``release`` is called after each key (to let
+    go of the pages of memory-mapped files read so far)."""
+    reference = read_ours(ref)
+    candidate = read_candidate(cand, reference)
+    shared = shared_refs(reference, candidate)
+    validate(reference, candidate, shared)
+    ref_precision = float_precision(reference) or "float64"
+    judge = _Judge(
+        reference,
+        candidate,
+        precision or float_precision(candidate) or ref_precision,
+        ref_precision,
+        rtol,
+        atol or 0.0,
+    )
+    isolation = judge.isolation(model) if model else None
+    checks = []
+    for key, layer in shared:  # one layer of each file read at a time, then let go
+        checks.append(judge.check(key, layer, isolation))
+        release()
+    report = Report(judge.mode, candidate.notes, checks, isolation is not None, rtol is not None)
+    logits = _logits(reference, candidate)
+    if logits is not None:
+        report.argmax = argmax_report(*logits, judge.tolerance("logits"))
+        report.distributions = distribution_summary(*logits)
+        release()
+    if "gen_ids" in candidate.layers:
+        report.generation = generation_report(
+            flat(reference), flat(candidate), judge.tolerance("logits")
+        )
+    return report
+
+
+# -- measuring ---------------------------------------------------------------------
+
+
+def row_chunks(array: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """(first row, rows) of ``array``, ``CHUNK`` rows at a time (a 0-d array
     whole, an empty one once): a memory-mapped array is never read whole."""
     if array.ndim == 0:
@@ -69,11 +230,11 @@ def blocks(array: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
 def measure(
     ref: np.ndarray, cand: np.ndarray, transform=None, mask: np.ndarray | None = None
 ) -> tuple[float, float, list[int]]:
-    """(max |d|, max |reference|, where |d| is largest), a block of rows at
-    a time; ``transform`` is applied to each block (row-wise), ``mask``
+    """(max |d|, max |reference|, where |d| is largest), a chunk of rows at
+    a time; ``transform`` is applied to each chunk (row-wise), ``mask``
     (broadcast over the leading axes) picks the entries judged."""
     worst, scale, at = 0.0, 0.0, [0] * ref.ndim
-    for (start, r), (_, c) in zip(blocks(ref), blocks(cand), strict=True):
+    for (start, r), (_, c) in zip(row_chunks(ref), row_chunks(cand), strict=True):
         r, c = np.asarray(r, np.float64), np.asarray(c, np.float64)
         if transform is not None:
             r, c = transform(r), transform(c)
@@ -98,7 +259,7 @@ def causal(scores: np.ndarray) -> np.ndarray:
 
 def refuse_nan(array: np.ndarray, what: str, name: str) -> None:
     """NaN is bad input, exit status 2 (an infinity is a wrong value)."""
-    if array.dtype.kind == "f" and any(np.isnan(b).any() for _, b in blocks(array)):
+    if array.dtype.kind == "f" and any(np.isnan(b).any() for _, b in row_chunks(array)):
         raise InputError(f"{what}: the {name} holds NaN")
 
 
@@ -111,6 +272,18 @@ def verdict(key: str, layer: int | None, ref, cand, tol, **how) -> Check:
     )
 
 
+def how(key: str, ref: np.ndarray) -> dict:
+    """How a key is measured: logits as log-softmax, scores on the triangle."""
+    if key == "logits":
+        return {"transform": log_softmax}
+    if key == "attn_scores":  # what lies above the diagonal is never used
+        return {"mask": causal(ref)}
+    return {}
+
+
+# -- what is compared -----------------------------------------------------------------
+
+
 def float_precision(acts: Activations) -> str | None:
     floats = acts.floats()
     if not floats:
@@ -118,86 +291,70 @@ def float_precision(acts: Activations) -> str | None:
     return "float64" if all(a.dtype == np.float64 for a in floats) else "float32"
 
 
-@dataclass
-class Model:
-    """What isolation needs of the model: its weights, as the tree."""
+def n_layer(reference: Activations) -> int:
+    hidden = reference.layers.get("hidden", {})
+    if hidden:
+        return max(hidden) if None not in hidden else 0
+    stacked = [by for k, by in reference.layers.items() if k in KEYS and None not in by]
+    return max((max(by) + 1 for by in stacked), default=0)
 
-    params: Params
-    n_head: int
+
+def shared_refs(reference: Activations, candidate: Activations) -> list[tuple[str, int | None]]:
+    """(key, layer) held by both, in forward order, then keys of one's own."""
+    ref, cand = reference.layers, candidate.layers
+    both = [(k, i) for k, i in forward_order(n_layer(reference))
+            if k != "ids" and i in ref.get(k, {}) and i in cand.get(k, {})]  # fmt: skip
+    extra = sorted(k for k in ref.keys() & cand.keys() if k not in KEYS
+                   and not k.startswith("gen_"))  # fmt: skip
+    return both + [(k, None) for k in extra]
 
 
-class Comparison:
-    """The report: every check in forward order, the first over tolerance,
-    where the error jumps, the operation blamed (with a model), the argmax
-    of the logits and how close the distributions are, and the first
-    generated id that differs."""
+def validate(reference: Activations, candidate: Activations, shared: list) -> None:
+    """Bad input, exit status 2: nothing shared, NaN, other inputs."""
+    ref, cand = reference.layers, candidate.layers
+    if not shared and "gen_ids" not in ref.keys() & cand.keys():
+        raise InputError(
+            f"the two dumps share no key: the reference holds {', '.join(sorted(ref))}; the "
+            f"candidate {', '.join(sorted(cand)) or 'nothing'} (save yours under these "
+            "names, llm.c's or transformers': see docs/oracle.md)"
+        )
+    for name, acts in (("reference", ref), ("candidate", cand)):  # the rest: as compared
+        for key in [k for k in acts if k.startswith("gen_")]:
+            refuse_nan(acts[key][None], key, name)
+    both_ids = "ids" in cand and "ids" in ref
+    if both_ids and not np.array_equal(ref["ids"][None], cand["ids"][None]):
+        raise InputError("ids: the dumps are of different inputs")
+
+
+def flat(acts: Activations) -> dict[str, np.ndarray]:
+    """The keys that are not per layer."""
+    return {k: by[None] for k, by in acts.layers.items() if None in by}
+
+
+def _logits(reference: Activations, candidate: Activations) -> tuple | None:
+    """The two logits, when both hold them and the candidate's are finite."""
+    ref = reference.layers.get("logits", {}).get(None)
+    cand = candidate.layers.get("logits", {}).get(None)
+    if ref is None or cand is None or not np.isfinite(cand).all():
+        return None
+    return ref, cand
+
+
+class _Judge:
+    """The checks of one comparison, with its tolerances."""
 
     def __init__(
         self,
-        ref: Mapping[str, np.ndarray],
-        cand: Mapping[str, np.ndarray],
-        *,
-        rtol: float | None = None,
-        atol: float | None = None,
-        precision: str | None = None,
-        model: Model | None = None,
-        release: Callable[[], None] = lambda: None,
+        reference: Activations,
+        candidate: Activations,
+        precision: str,
+        ref_precision: str,
+        rtol: float | None,
+        atol: float,
     ) -> None:
-        self.reference = read_ours(ref)
-        self.candidate = read_candidate(cand, self.reference)
-        self.notes = self.candidate.notes
-        self.shared = self.shared_refs()
-        self.validate()
-        ref_precision = float_precision(self.reference) or "float64"
-        self.precision = precision or float_precision(self.candidate) or ref_precision
-        self.mode = f"{self.precision} vs {ref_precision}"
-        self.rtol_override, self.atol = rtol, atol or 0.0
-        self.isolation = self.isolate(model) if model else None
-        self.checks = []
-        for key, layer in self.shared:  # one layer of each file read at a time, then let go
-            self.checks.append(self.check(key, layer))
-            release()
-        self.argmax = self.logit_summary = self.generation = None
-        if "logits" in self.candidate.layers:
-            self.compare_logits()
-            release()
-        if "gen_ids" in self.candidate.layers:
-            ref, cand = self.flat(self.reference), self.flat(self.candidate)
-            self.generation = generation_report(ref, cand, self.tolerance("logits"))
-
-    # -- what is compared --------------------------------------------------------
-
-    def n_layer(self) -> int:
-        hidden = self.reference.layers.get("hidden", {})
-        if hidden:
-            return max(hidden) if None not in hidden else 0
-        stacked = [by for k, by in self.reference.layers.items() if k in KEYS and None not in by]
-        return max((max(by) + 1 for by in stacked), default=0)
-
-    def shared_refs(self) -> list[tuple[str, int | None]]:
-        """(key, layer) held by both, in forward order, then keys of one's own."""
-        ref, cand = self.reference.layers, self.candidate.layers
-        both = [(k, i) for k, i in forward_order(self.n_layer())
-                if k != "ids" and i in ref.get(k, {}) and i in cand.get(k, {})]  # fmt: skip
-        extra = sorted(k for k in ref.keys() & cand.keys() if k not in KEYS
-                       and not k.startswith("gen_"))  # fmt: skip
-        return both + [(k, None) for k in extra]
-
-    def validate(self) -> None:
-        """Bad input, exit status 2: nothing shared, NaN, other inputs."""
-        ref, cand = self.reference.layers, self.candidate.layers
-        if not self.shared and "gen_ids" not in ref.keys() & cand.keys():
-            raise InputError(
-                f"the two dumps share no key: the reference holds {', '.join(sorted(ref))}; the "
-                f"candidate {', '.join(sorted(cand)) or 'nothing'} (save yours under these "
-                "names, llm.c's or transformers': see compare in the README)"
-            )
-        for name, acts in (("reference", ref), ("candidate", cand)):  # the rest: as compared
-            for key in [k for k in acts if k.startswith("gen_")]:
-                refuse_nan(acts[key][None], key, name)
-        both_ids = "ids" in cand and "ids" in ref
-        if both_ids and not np.array_equal(ref["ids"][None], cand["ids"][None]):
-            raise InputError("ids: the dumps are of different inputs")
+        self.reference, self.candidate, self.precision = reference, candidate, precision
+        self.mode = f"{precision} vs {ref_precision}"
+        self.rtol_override, self.atol = rtol, atol
 
     def tolerance(self, key: str) -> tuple[float, float]:
         if self.rtol_override is not None:
@@ -214,16 +371,7 @@ class Comparison:
         alone32 = ALONE32[KEYS[key].made_by.rounding]
         return (RTOL64 if self.precision == "float64" else alone32), self.atol
 
-    # -- the checks ----------------------------------------------------------------
-
-    def how(self, key: str, ref: np.ndarray) -> dict:
-        if key == "logits":
-            return {"transform": log_softmax}
-        if key == "attn_scores":  # what lies above the diagonal is never used
-            return {"mask": causal(ref)}
-        return {}
-
-    def check(self, key: str, layer: int | None) -> Check:
+    def check(self, key: str, layer: int | None, isolation: Isolation | None) -> Check:
         ref = self.reference.layers[key][layer]
         cand = self.candidate.layers[key][layer]
         refuse_nan(ref, label(key, layer), "reference")
@@ -231,17 +379,19 @@ class Comparison:
         if key == "logits":
             result = self.logits_check(ref, cand)
         else:
-            result = verdict(key, layer, ref, cand, self.tolerance(key), **self.how(key, ref))
+            result = verdict(key, layer, ref, cand, self.tolerance(key), **how(key, ref))
         if key == "attn":
             result = self.attn_check(result, layer)
-        if self.isolation is not None and key in KEYS and not np.isfinite(cand).all():
-            result.alone_rel, result.alone_ok = float("inf"), False  # wrong as it stands
-        elif self.isolation is not None and key in KEYS:
-            alone, sources = self.isolation.isolated(key, layer)
-            on_its_own = verdict(key, layer, alone, cand, self.alone_tolerance(key),
-                                 **self.how(key, alone))  # fmt: skip
-            result.alone_rel, result.alone_ok = on_its_own.max_rel, on_its_own.ok
-            result.alone_from = sources
+        if isolation is not None and key in KEYS:
+            result.alone_rtol = self.alone_tolerance(key)[0]
+            if not np.isfinite(cand).all():
+                result.alone_rel, result.alone_ok = float("inf"), False  # wrong as it stands
+            else:
+                alone, sources = isolation.isolated(key, layer)
+                on_its_own = verdict(key, layer, alone, cand, self.alone_tolerance(key),
+                                     **how(key, alone))  # fmt: skip
+                result.alone_rel, result.alone_ok = on_its_own.max_rel, on_its_own.ok
+                result.alone_from = sources
         return result
 
     def attn_check(self, result: Check, layer: int | None) -> Check:
@@ -269,15 +419,15 @@ class Comparison:
         result.note = f"log-softmax; raw {raw.max_rel:.1e}"
         return result
 
-    def isolate(self, model: Model) -> Isolation:
+    def isolation(self, model: Model) -> Isolation:
         ids = self.reference.layers.get("ids", {}).get(None)
         if ids is None:
             raise InputError("isolation needs the reference's ids: dump it with picogpt2's dump")
-        n_layer, n_embd = len(model.params["blocks"]), model.params["wte"].shape[1]
+        blocks, n_embd = len(model.params["blocks"]), model.params["wte"].shape[1]
         hidden = self.reference.layers.get("hidden", {}).get(0)
-        if n_layer != self.n_layer() or (hidden is not None and hidden.shape[-1] != n_embd):
+        if blocks != n_layer(self.reference) or (hidden is not None and hidden.shape[-1] != n_embd):
             raise InputError(
-                f"--model has {n_layer} blocks {n_embd} wide; the reference dump is of another "
+                f"--model has {blocks} blocks {n_embd} wide; the reference dump is of another "
                 "model: give the model it was dumped from"
             )
         isolation = Isolation(model.params, model.n_head, self.candidate.layers, np.asarray(ids))
@@ -290,96 +440,18 @@ class Comparison:
                 )
         return isolation
 
-    @staticmethod
-    def flat(acts: Activations) -> dict[str, np.ndarray]:
-        return {k: by[None] for k, by in acts.layers.items() if None in by}
 
-    # -- the logits ---------------------------------------------------------------
+# -- what the checks show -------------------------------------------------------------
 
-    def compare_logits(self) -> None:
-        ref = self.reference.layers["logits"].get(None)
-        cand = self.candidate.layers["logits"].get(None)
-        if ref is None or cand is None or not np.isfinite(cand).all():
-            return
-        self.argmax = argmax_report(ref, cand, self.tolerance("logits"))
-        self.logit_summary = distribution_summary(ref, cand)
 
-    # -- the verdicts --------------------------------------------------------------
-
-    @property
-    def first_wrong(self) -> Check | None:
-        return next((c for c in self.checks if not c.ok), None)
-
-    @property
-    def blamed(self) -> Check | None:
-        """The first operation whose own output is wrong (isolation)."""
-        return next((c for c in self.checks if c.alone_ok is False), None)
-
-    @property
-    def first_jump(self) -> tuple[Check, float] | None:
-        """The first key whose error is ``JUMP`` times the previous key's,
-        and not too small to matter; with the ratio."""
-        for before, check in zip(self.checks, self.checks[1:], strict=False):
-            ratio = check.max_rel / before.max_rel if before.max_rel else float("inf")
-            if ratio >= JUMP and check.max_rel >= check.rtol / JUMP:
-                return check, ratio
-        return None
-
-    @property
-    def float32_sized(self) -> float | None:
-        """In float64 mode, the largest failing error when every failure is
-        the size of float32 rounding: a float32 computation kept in float64."""
-        if self.mode != "float64 vs float64" or self.rtol_override is not None:
-            return None
-        failing = [c.max_rel for c in self.checks if not c.ok]
-        failing += [c.alone_rel for c in self.checks if c.alone_ok is False]
-        worst = max(failing, default=0.0)
-        return worst if 0 < worst <= 5 * RTOL32 else None
-
-    @property
-    def ok(self) -> bool:
-        argmax_ok = self.argmax is None or not self.argmax["real_disagreements"]
-        gen_ok = self.generation is None or self.generation["verdict"] != "real disagreement"
-        return self.first_wrong is None and argmax_ok and gen_ok
-
-    def conclusion(self) -> str:
-        """The closing line, claiming no more than the checks show."""
-        blamed, wrong = self.blamed, self.first_wrong
-        if blamed is not None and not blamed.alone_from:
-            return f"blamed: {blamed.label}, {describe(blamed.key, blamed.layer)}: not finite"
-        if blamed is not None:
-            before = "every operation before it is right on its own inputs" if (
-                self.checks.index(blamed)) else "it is the first operation compared"  # fmt: skip
-            return (
-                f"blamed: {blamed.label}, {describe(blamed.key, blamed.layer)}: recomputed from "
-                f"your {', '.join(blamed.alone_from)}, it is {blamed.alone_rel:.1e} of its "
-                f"largest value off (tolerance {self.alone_tolerance(blamed.key)[0]:.0e}); "
-                f"{before}"
-            )
-        if wrong is not None and self.isolation is not None:
-            return (
-                f"NOT OK: {wrong.label} is {wrong.max_rel:.1e} of its largest value from the "
-                f"reference, yet every operation is right on its own inputs: the difference is "
-                "rounding carried through the pass"
-            )
-        if wrong is not None:
-            return self.unisolated(wrong)
-        if not self.ok:
-            return "NOT OK: every key is within tolerance, but a token choice really differs"
-        return f"OK: every shared key is within tolerance ({len(self.checks)} checks)"
-
-    def unisolated(self, wrong: Check) -> str:
-        text = (
-            f"first over tolerance: {wrong.label} ({describe(wrong.key, wrong.layer)}): "
-            f"{wrong.max_rel:.1e} of its largest value, tolerance {wrong.rtol:.0e}"
-        )
-        jump = self.first_jump
-        if jump is not None and self.checks.index(jump[0]) <= self.checks.index(wrong):
-            text += f"; the error first jumps at {jump[0].label} ({jump[1]:,.0f}x the key before)"
-        return text + (
-            "; errors carry forward and add up, so the bug is there or before it: to blame one "
-            "operation, give the model (--model), which recomputes each from your own inputs"
-        )
+def _first_jump(checks: list[Check]) -> Jump | None:
+    """The first key whose error is ``JUMP`` times the previous key's, and
+    not too small to matter."""
+    for before, check in zip(checks, checks[1:], strict=False):
+        ratio = check.max_rel / before.max_rel if before.max_rel else float("inf")
+        if ratio >= JUMP and check.max_rel >= check.rtol / JUMP:
+            return Jump(check, ratio)
+    return None
 
 
 def top2_gap(logits: np.ndarray) -> np.ndarray:
@@ -387,33 +459,25 @@ def top2_gap(logits: np.ndarray) -> np.ndarray:
     return two[..., 1] - two[..., 0]
 
 
-def argmax_report(ref: np.ndarray, cand: np.ndarray, tol: tuple[float, float]) -> dict:
+def argmax_report(ref: np.ndarray, cand: np.ndarray, tol: tuple[float, float]) -> Argmax:
     """How many positions pick the same next token; for each that does not,
-    the reference's gap between its two best logits and a verdict."""
+    the reference's gap between its two best logits, and whether that is
+    within the tolerance (a near-tie)."""
     rtol, atol = tol
     tie = atol + rtol * float(np.max(np.abs(ref)))
     differ = np.flatnonzero(np.argmax(ref, axis=-1) != np.argmax(cand, axis=-1))
     gaps = top2_gap(ref[differ])
-    positions = [
-        {"position": int(p), "reference_gap": float(g),
-         "verdict": "near-tie" if g <= tie else "real disagreement"}
-        for p, g in zip(differ, gaps, strict=True)
-    ]  # fmt: skip
-    return {
-        "agree": len(ref) - len(differ),
-        "positions_total": len(ref),
-        "tie_tolerance": tie,
-        "disagreements": positions,
-        "real_disagreements": sum(p["verdict"] != "near-tie" for p in positions),
-    }
+    positions = [Disagreement(int(p), float(g), bool(g <= tie))
+                 for p, g in zip(differ, gaps, strict=True)]  # fmt: skip
+    return Argmax(len(ref) - len(differ), len(ref), tie, positions)
 
 
-def distribution_summary(ref: np.ndarray, cand: np.ndarray) -> dict:
+def distribution_summary(ref: np.ndarray, cand: np.ndarray) -> Distributions:
     """How close the next-token distributions are, for implementations that
     are close but not exact: KL(reference || candidate) per position (mean
     and max), the overlap of the five most likely tokens, greedy agreement."""
     kl, overlap = [], []
-    for (_, r), (_, c) in zip(blocks(ref), blocks(cand), strict=True):
+    for (_, r), (_, c) in zip(row_chunks(ref), row_chunks(cand), strict=True):
         p, q = log_softmax(np.asarray(r)), log_softmax(np.asarray(c))
         kl.append(np.sum(np.exp(p) * (p - q), axis=-1))
         top_p = np.argsort(-p, axis=-1, kind="stable")[:, :TOP]
@@ -421,16 +485,11 @@ def distribution_summary(ref: np.ndarray, cand: np.ndarray) -> dict:
         overlap += [len(set(a) & set(b)) / TOP for a, b in zip(top_p, top_q, strict=True)]
     kl = np.concatenate(kl)
     agree = np.argmax(ref, axis=-1) == np.argmax(cand, axis=-1)
-    return {
-        "kl_mean": float(kl.mean()),
-        "kl_max": float(kl.max()),
-        "kl_max_position": int(np.argmax(kl)),
-        "top5_overlap": float(np.mean(overlap)),
-        "greedy_agreement": float(np.mean(agree)),
-    }
+    return Distributions(float(kl.mean()), float(kl.max()), int(np.argmax(kl)),
+                         float(np.mean(overlap)), float(np.mean(agree)))  # fmt: skip
 
 
-def generation_report(ref: dict, cand: dict, tol: tuple[float, float]) -> dict:
+def generation_report(ref: dict, cand: dict, tol: tuple[float, float]) -> Generation:
     """The first generated id that differs, and whether the reference had a
     near-tie there (after it, the two continue different texts)."""
     a, b = ref["gen_ids"], cand["gen_ids"]
@@ -438,13 +497,12 @@ def generation_report(ref: dict, cand: dict, tol: tuple[float, float]) -> dict:
         raise InputError(f"gen_ids: the reference holds {len(a)}, the candidate {len(b)}")
     differ = np.flatnonzero(a != b)
     if not len(differ):
-        return {"first_difference": None, "verdict": "identical", "steps": len(a)}
+        return Generation(len(a), None)
     step = int(differ[0])
-    report = {"first_difference": step, "steps": len(a), "verdict": "real disagreement"}
+    report = Generation(len(a), step)
     if "gen_gap" in ref and "gen_top_logits" in ref:
         rtol, atol = tol
-        gap = float(ref["gen_gap"][step])
-        tie = atol + rtol * float(np.max(np.abs(ref["gen_top_logits"][step])))
-        report.update(reference_gap=gap, tie_tolerance=tie)
-        report["verdict"] = "near-tie" if gap <= tie else "real disagreement"
+        report.reference_gap = float(ref["gen_gap"][step])
+        report.tie_tolerance = atol + rtol * float(np.max(np.abs(ref["gen_top_logits"][step])))
+        report.near_tie = report.reference_gap <= report.tie_tolerance
     return report

@@ -16,7 +16,7 @@ import math
 from html import escape
 
 from picogpt2.activations import describe
-from picogpt2.oracle.comparison import Check, Comparison
+from picogpt2.oracle.comparison import Check, Report
 
 HEIGHT, TOP, BOTTOM, LEFT, RIGHT = 500, 64, 136, 72, 24
 LOW, HIGH = -6.0, 3.0  # log10 of error / tolerance drawn, clipped beyond
@@ -34,7 +34,7 @@ def ratio(error: float | None, tolerance: float) -> float | None:
     return min(max(math.log10(error / tolerance), LOW), HIGH)
 
 
-def svg(c: Comparison, title: str) -> str:
+def svg(c: Report, title: str) -> str:
     """The comparison ``c`` as an SVG document."""
     checks = c.checks
     step = max(6.0, min(28.0, 900 / max(len(checks), 1)))
@@ -50,7 +50,7 @@ def svg(c: Comparison, title: str) -> str:
     parts = [_frame(width, title, c), *_axis(width, y), *_blocks(checks, x, y)]
     parts += _series(checks, x, y, c)
     parts += _marks(checks, x, y, c)
-    parts.append(_legend(width, c.isolation is not None))
+    parts.append(_legend(width, c.isolated))
     body = "\n".join(parts)
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{HEIGHT}" '
@@ -59,7 +59,7 @@ def svg(c: Comparison, title: str) -> str:
     )
 
 
-def _frame(width: float, title: str, c: Comparison) -> str:
+def _frame(width: float, title: str, c: Report) -> str:
     verdict = "OK" if c.ok else "NOT OK"
     return (
         f'<rect width="{width:.0f}" height="{HEIGHT}" fill="white"/>'
@@ -114,15 +114,15 @@ def _block_lines(checks: list[Check], x, y, named: bool) -> list[str]:
     return out
 
 
-def _tip(check: Check, c: Comparison) -> str:
+def _tip(check: Check, c: Report) -> str:
     text = (f"{check.label}: {describe(check.key, check.layer)}; {check.max_rel:.2e} of its "
             f"largest value (tolerance {check.rtol:.0e})")  # fmt: skip
     if check.alone_rel is not None:
-        text += f"; alone {check.alone_rel:.2e} (tolerance {c.alone_tolerance(check.key)[0]:.0e})"
+        text += f"; alone {check.alone_rel:.2e} (tolerance {check.alone_rtol:.0e})"
     return escape(text)
 
 
-def _series(checks: list[Check], x, y, c: Comparison) -> list[str]:
+def _series(checks: list[Check], x, y, c: Report) -> list[str]:
     carried = [(x(i), y(ratio(ch.max_rel, ch.rtol))) for i, ch in enumerate(checks)]
     out = [f'<polyline fill="none" stroke="{CARRIED}" stroke-width="1.5" points="'
            + " ".join(f"{a:.1f},{b:.1f}" for a, b in carried) + '"/>']  # fmt: skip
@@ -130,7 +130,7 @@ def _series(checks: list[Check], x, y, c: Comparison) -> list[str]:
         fill = CARRIED if check.ok else WRONG
         out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.2" fill="{fill}">'
                    f"<title>{_tip(check, c)}</title></circle>")  # fmt: skip
-        alone = ratio(check.alone_rel, c.alone_tolerance(check.key)[0])
+        alone = ratio(check.alone_rel, check.alone_rtol)
         if alone is not None:
             fill = ALONE if check.alone_ok else WRONG
             out.append(f'<rect x="{cx - 3:.1f}" y="{y(alone) - 3:.1f}" width="6" height="6" '
@@ -139,7 +139,7 @@ def _series(checks: list[Check], x, y, c: Comparison) -> list[str]:
     return out
 
 
-def _marks(checks: list[Check], x, y, c: Comparison) -> list[str]:
+def _marks(checks: list[Check], x, y, c: Report) -> list[str]:
     """The blamed operation (or the first over tolerance), marked and named."""
     target = c.blamed or c.first_wrong
     if target is None:
