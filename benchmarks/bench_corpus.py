@@ -1,12 +1,12 @@
 """score --corpus on this machine: tokens/s with 1 and 2 local workers, against
-scoring the same documents one at a time with ``scoring.score`` (the work of
+scoring the same documents one at a time with ``perplexity.score`` (the work of
 ``score FILE``, the model loaded once), and the memory the workers take
 together.
 
     python benchmarks/bench_corpus.py [--size 124M] [--rounds 3] [--copies 1] [--sentences]
 
-The corpus is this README's paragraphs (English prose and code, from a
-sentence to a few hundred tokens each; with ``--sentences``, its sentences,
+The corpus is the paragraphs of the README and docs/ (English prose and
+code, from a sentence to a few hundred tokens each; with ``--sentences``, its sentences,
 a few to a few dozen tokens each), ``--copies`` times over; the model has
 the size's shapes and random weights. The runs alternate, round after
 round, each in a fresh process; the table gives medians. "1 worker, 1
@@ -50,7 +50,9 @@ print(json.dumps({{"tokens": tokens, "seconds": time.perf_counter() - start}}))
 
 
 def write_corpus(path: Path, copies: int, sentences: bool) -> int:
-    paragraphs = [p.strip() for p in (ROOT / "README.md").read_text().split("\n\n")]
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n\n".join(f.read_text() for f in files)
+    paragraphs = [p.strip() for p in text.split("\n\n")]
     if sentences:
         paragraphs = [s for p in paragraphs for s in re.split(r"(?<=[.:;])\s+", p)]
     texts = [p for p in paragraphs if len(p) > 40]

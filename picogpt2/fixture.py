@@ -155,7 +155,7 @@ computed in double precision and rounded once.
   picogpt2.dump --detail` writes them (`ids`, `hidden`, `ln_1`, `q`, `k`,
   `v`, `attn_scores`, `attn`, `attn_heads`, `attn_out`, `resid_attn`,
   `ln_2`, `mlp_pre`, `mlp_hidden`, `mlp_out`, `ln_f`, `logits`:
-  picogpt2's README documents each), and {N_GENERATE} greedy
+  picogpt2's docs/oracle.md documents each), and {N_GENERATE} greedy
   tokens after it with their log-probabilities (`gen_ids`, `gen_logprob`,
   `gen_top_ids`, `gen_top_logprobs`, `gen_top_logits`, `gen_gap`). Greedy
   ids: {summary["greedy"]}.

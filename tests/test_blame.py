@@ -144,12 +144,12 @@ def test_without_the_model_the_verdict_claims_no_more_than_it_knows(wide, tmp_pa
 
 @pytest.fixture(scope="module")
 def c_build(wide, tmp_path_factory):
-    """tests/c/gpt2.c with the README's save_npy, ready to compile."""
+    """tests/c/gpt2.c with docs/oracle.md's save_npy, ready to compile."""
     if CC is None:
         pytest.skip("no C compiler")
     build = tmp_path_factory.mktemp("c")
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    (build / "npy.h").write_text(re.search(r"```c\n(.*?)```", readme, re.S).group(1))
+    doc = (ROOT / "docs" / "oracle.md").read_text(encoding="utf-8")
+    (build / "npy.h").write_text(re.search(r"```c\n(.*?)```", doc, re.S).group(1))
     shutil.copyfile(ROOT / "tests" / "c" / "gpt2.c", build / "gpt2.c")
     r = run("export", "wide", "--models-dir", str(wide), "--to", "llmc", str(build / "wide.bin"))
     assert r.returncode == 0, text(r.stderr)

@@ -1,4 +1,4 @@
-/* A small GPT-2 forward pass in float32, written from picogpt2's README: a
+/* A small GPT-2 forward pass in float32, written from picogpt2's docs: a
  * candidate for compare's tests, independent of gpt2.py. Each -DBUG_...
  * breaks one operation the way ports get it wrong.
  *
@@ -7,7 +7,7 @@
  * model.bin is llm.c's layout (export --to llmc); ids.bin int32 token ids.
  * Every activation goes to out/KEY.LAYER.npy (out/KEY.npy after the blocks),
  * one layer at a time, in picogpt2's names and shapes, with save_npy from
- * the README (npy.h, which the test writes from it). Sums run left to right
+ * docs/oracle.md (npy.h, which the test writes from it). Sums run left to right
  * in float32: the simplest implementation, and the one with the least margin.
  */
 #include <math.h>
