@@ -1,9 +1,13 @@
-"""Shared fixtures: the real GPT-2 vocabulary from ../shared, when present."""
+"""Shared fixtures: the real GPT-2 vocabulary from ../shared, when present,
+and a small converted model with the loads made of it."""
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "gpt2-124M-real"
@@ -38,3 +42,38 @@ def tiktoken_gpt2(real_dir):
         mergeable_ranks=ranks,
         special_tokens={"<|endoftext|>": 50256},
     )
+
+
+@pytest.fixture(scope="module")
+def converted_models(tmp_path_factory) -> Path:
+    """A models folder holding "tiny" (context 64), converted once with its
+    checkpoint kept, as a load leaves a user's own checkpoint."""
+    from tiny import converted_tiny_models
+
+    return converted_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def converted_model(converted_models):
+    """That tiny model, loaded."""
+    from picogpt2.model import load_model
+
+    return load_model("tiny", converted_models, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def nan_model(converted_models, tmp_path_factory):
+    """The tiny model with a NaN in ln_f/g, its CRC record left as it was."""
+    from tiny import copy_model, without_checkpoint
+
+    from picogpt2.weights.formats.safetensors import WEIGHTS_FILE
+
+    root = tmp_path_factory.mktemp("nan")
+    folder = without_checkpoint(copy_model(converted_models, root, "tiny"))
+    path = folder / WEIGHTS_FILE
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", data[:8])
+    begin = json.loads(data[8 : 8 + n])["model/ln_f/g"]["data_offsets"][0]
+    data[8 + n + begin : 8 + n + begin + 4] = np.float32(np.nan).tobytes()
+    path.write_bytes(bytes(data))
+    return root

@@ -157,3 +157,10 @@ def one_line_error(r: subprocess.CompletedProcess, status: int, *words: str) -> 
     for word in words:
         assert word in last, (word, err)
     return last
+
+
+def export(models: Path, fmt: str, out: Path) -> Path:
+    """The tiny model in ``models`` written as ``fmt`` to ``out``, by the export command."""
+    r = run("export", "tiny", "--models-dir", str(models), "--to", fmt, str(out))
+    assert r.returncode == 0, text(r.stderr)
+    return out

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 from mirror import run, text
-from tiny import converted, make_tiny_model
+from tiny import (
+    converted,
+    make_tiny_model,
+)
 
 from picogpt2.activations import ALONE32, ATTN_DEFAULT, BLOCK, KEYS, LAST
 from picogpt2.hparams import HParams
@@ -25,11 +28,19 @@ from picogpt2.weights.formats.transformers import hf_name
 from picogpt2.weights.params import block_schema, schema
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
 # Sizes that cannot be mistaken for one another, and their names.
 H = HParams(n_vocab=50257, n_ctx=1024, n_embd=1000, n_head=10, n_layer=7)
+
+
 PADDED = 50304
+
+
 SYMBOLS = {50257: "n_vocab", PADDED: "Vp", 1024: "n_ctx", 1000: "n_embd", 3000: "3·n_embd",
            4000: "4·n_embd", 7: "n_layer"}  # fmt: skip
+
+
 WHAT = {"wte": "token embeddings, and the output head", "wpe": "position embeddings",
         "ln_f": "final layer norm", "ln_1": "block i: layer norm before attention",
         "attn/c_attn": "q, k, v in one projection", "attn/c_proj": "attention's output projection",
@@ -116,13 +127,9 @@ def test_the_key_table_is_the_operation_tables():
     assert_in_order(DOCS / "oracle.md", key_rows())
 
 
-if __name__ == "__main__":  # print the tables, to paste into the docs
-    print("\n".join(rows()), "\n\n" + "\n".join(key_rows()))
-
-
-# -- every command the docs show, run as written ---------------------------------
-
 DOCUMENTS = [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
 # What the docs show but this test does not run, and why: each is run
 # elsewhere, or needs what a test cannot have. Matched as substrings.
 NOT_RUN = {
@@ -130,9 +137,11 @@ NOT_RUN = {
     "dask scheduler": "a cluster of machines: tests/scoring/test_corpus.py runs one on loopback",
     "dask worker": "a cluster of machines: tests/scoring/test_corpus.py runs one on loopback",
     "--scheduler tcp://HOST:8786": "a cluster of machines: tests/scoring/test_corpus.py runs one",
-    "--backend cupy": "an NVIDIA GPU: tests/test_cupy.py runs where there is one",
-    '".[gpu]"': "CuPy and CUDA's libraries, over 1 GB: tests/test_cupy.py runs where they are",
+    "--backend cupy": "an NVIDIA GPU: tests/util/test_cupy.py runs where there is one",
+    '".[gpu]"': "CuPy and CUDA's libraries, over 1 GB: tests/util/test_cupy.py runs where they are",
 }
+
+
 # Console scripts, as the module each runs.
 SCRIPTS = {"picogpt2": "generate", **{f"picogpt2-{n}": n for n in (
     "download", "dump", "score", "compare", "tokens", "export", "fixture")}}  # fmt: skip
@@ -247,6 +256,15 @@ def anchors(doc: Path) -> set[str]:
     return {re.sub(r"[^a-z0-9 _-]", "", t.lower()).replace(" ", "-") for t in titles}
 
 
+def test_every_file_the_docs_name_exists():
+    root = DOCS.parent
+    for doc in DOCUMENTS:
+        for path in re.findall(
+            r"\b((?:picogpt2|tests|benchmarks)/[\w/]+\.(?:py|c|md))", doc.read_text()
+        ):
+            assert (root / path).exists(), f"{doc.name}: {path}"
+
+
 def test_every_link_between_the_docs_lands():
     for doc in DOCUMENTS + [DOCS.parent / "weights" / "README.md"]:
         for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text(encoding="utf-8")):
@@ -256,3 +274,7 @@ def test_every_link_between_the_docs_lands():
             linked = (doc.parent / path).resolve() if path else doc
             assert linked.exists(), f"{doc.name}: {target}"
             assert not anchor or anchor in anchors(linked), f"{doc.name}: {target}"
+
+
+if __name__ == "__main__":  # print the tables, to paste into the docs
+    print("\n".join(rows()), "\n\n" + "\n".join(key_rows()))

@@ -1,3 +1,6 @@
+"""GPT-2's byte-level BPE: ids equal to tiktoken's on any string (the real
+vocabulary from ../shared), decoding exact, the cache bounded."""
+
 import json
 import random
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 from mirror import ROOT, one_line_error, run, text
-from tiny import make_tiny_model
+from tiny import make_tiny_model, tiny
 
 from picogpt2 import gpt2
 from picogpt2.generation import Continuation, keep, repeat, window
@@ -20,6 +20,8 @@ from picogpt2.model import load_model
 from picogpt2.sampling import SplitMix64, penalize, sample
 
 PROMPT = [83, 257, 220, 66, 64, 83, 220, 259, 258]
+
+
 SAMPLING = [
     {},
     {"top_k": 20, "temperature": 0.9},
@@ -208,10 +210,6 @@ def test_a_full_prompt_still_generates(model64):
 # -- the command --------------------------------------------------------------
 
 
-def tiny(models, *args):
-    return ["--model-size", "tiny", "--models-dir", str(models), *args]
-
-
 def test_command_prints_each_sample_under_a_header(models):
     r = run("generate", "the cat", *tiny(models, "--n-samples", "3", "--top-k", "20",
             "--seed", "7", "--n-tokens", "12"))  # fmt: skip
@@ -331,3 +329,24 @@ def test_interactive_ctrl_c_at_the_prompt_exits_cleanly(models):
 
 def test_interactive_with_a_prompt_argument_is_exit_2(models):
     one_line_error(run("generate", "x", "--interactive", *tiny(models)), 2, "--interactive")
+
+
+# -- the library's checks -------------------------------------------------------
+
+
+def test_the_library_refuses_a_generation_that_cannot_fit(converted_models):
+    from picogpt2.model import load_model
+    from picogpt2.util.errors import InputError
+
+    converted_model = load_model("tiny", converted_models, show_progress=False)
+    with pytest.raises(InputError, match="10000000000 samples of 5 tokens would need about"):
+        converted_model.generate_many([1, 2, 3], 5, 10**10)
+
+
+def test_a_stop_string_given_alone_is_one_stop_string(converted_model):
+    many = converted_model.generate([5, 17, 99], 30, top_k=50, seed=3, ignore_eot=True)
+    text_ = converted_model.encoder.decode(many)
+    stop = text_[10:12]
+    alone = converted_model.complete("", 30, top_k=50, seed=3, ignore_eot=True, stop=stop)
+    listed = converted_model.complete("", 30, top_k=50, seed=3, ignore_eot=True, stop=[stop])
+    assert alone == listed

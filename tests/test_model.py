@@ -1,3 +1,6 @@
+"""The forward pass and the model: the spec's functions, the KV cache, the
+trace, loading, and the checks the library makes of what it is given."""
+
 import numpy as np
 import pytest
 from tiny import make_tiny_model
@@ -266,3 +269,45 @@ def test_the_keys_gpt2_records_are_the_operation_tables(models):
     # The table: these, plus the ids in and the logits out, each made by an operation.
     assert KEYS.keys() == per_block | {"ids", "ln_f", "logits"}
     assert all(key.made_by is not None for name, key in KEYS.items() if name != "ids")
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda m: m.generate([1.5, 2], 3), "flat sequence of integers"),
+        (lambda m: m.generate([[1, 2]], 3), "flat sequence of integers"),
+        (lambda m: m.generate([1, 2], 3, top_k=2.5), "top-k must be an integer"),
+        (lambda m: m.generate([1, 2], 3, seed=1.5), "seed must be an integer"),
+        (lambda m: m.generate([1, 2], 2.5), "n-tokens must be an integer"),
+        (lambda m: m.generate([1, 2], 3, temperature="hot"), "temperature must be a number"),
+        (lambda m: m.complete(b"Hello", 3), "the prompt must be text"),
+    ],
+)
+def test_the_library_refuses_bad_arguments_with_its_own_error(converted_model, call, words):
+    from picogpt2.util.errors import InputError
+
+    with pytest.raises(InputError, match=words):
+        call(converted_model)
+
+
+def test_a_trace_and_a_score_that_cannot_fit_are_refused(converted_model):
+    from dataclasses import replace
+
+    from picogpt2.model import GPT2
+    from picogpt2.scoring.perplexity import score
+    from picogpt2.util.errors import InputError
+
+    small = replace(converted_model.backend, available=lambda: 10_000)  # bytes
+    cramped = GPT2(
+        converted_model.hparams,
+        converted_model.encoder,
+        converted_model.params,
+        small,
+        "float32",
+        converted_model.model_dir,
+    )
+    with pytest.raises(InputError, match="a trace of 20 tokens would need about"):
+        cramped.trace(list(range(20)), detail=True)
+    with pytest.raises(InputError, match="scoring windows of 20 tokens would need about"):
+        score(cramped, converted_model.encoder.decode(list(range(21, 41))))
+    assert converted_model.trace(list(range(20)), detail=True)["attn"].shape == (2, 2, 20, 20)

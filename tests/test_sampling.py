@@ -1,3 +1,6 @@
+"""Choosing a token: the rules of sampling.py, and SplitMix64 pinned bit for
+bit."""
+
 import numpy as np
 import pytest
 

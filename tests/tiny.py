@@ -1,9 +1,12 @@
 """Tiny GPT-2 models in OpenAI's exact folder layout, with random weights,
-for tests that must not need the network or the real 500 MB checkpoint."""
+for tests that must not need the network or the real 500 MB checkpoint;
+and the ways tests damage a model's files on purpose."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +96,40 @@ def converted_tiny_models(root: Path) -> Path:
 def tiny(models: Path, *args: str) -> list[str]:
     """The command-line arguments that name the tiny model in ``models``."""
     return ["--model-size", "tiny", "--models-dir", str(models), *args]
+
+
+def copy_model(models, tmp_path, name="copy") -> Path:
+    folder = tmp_path / name
+    shutil.copytree(models / "tiny", folder)
+    return folder
+
+
+def without_checkpoint(folder: Path) -> Path:
+    for f in folder.glob("model.ckpt*"):
+        f.unlink()
+    (folder / "checkpoint").unlink()
+    return folder
+
+
+def rewrite_header(path: Path, change) -> None:
+    """Apply ``change`` to the safetensors header dict, keeping the data."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    change(header)
+    text_ = json.dumps(header).encode()
+    text_ += b" " * (-(8 + len(text_)) % 8)
+    path.write_bytes(struct.pack("<Q", len(text_)) + text_ + data[8 + n :])
+
+
+def poison(path: Path, offset: int) -> None:
+    """A NaN written over the float32 at byte ``offset`` of ``path``."""
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 4] = np.float32(np.nan).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def safetensors_offset(path: Path, name: str) -> int:
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return 8 + n + json.loads(data[8 : 8 + n])[name]["data_offsets"][0]

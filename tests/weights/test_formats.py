@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mirror import one_line_error, run, text
-from tiny import make_tiny_model
+from mirror import export, one_line_error, run, text
+from tiny import make_tiny_model, tiny
 
 from picogpt2.model import load_model
 from picogpt2.sampling import SplitMix64
@@ -240,12 +240,12 @@ def test_a_truncated_llmc_file_is_named(ours, tmp_path):
     one_line_error(r, 1, "model.bin", "truncated")
 
 
-# -- export ---------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("fmt, out", [("hf", "out-hf"), ("openai", "out-openai"),
                                       ("safetensors", "out-safetensors"),
                                       ("llmc", "out.bin")])  # fmt: skip
+# -- export ---------------------------------------------------------------------
+
+
 def test_export_round_trips_bit_exactly(models, ours, tmp_path, fmt, out):
     r = run("export", "tiny", "--models-dir", str(models), "--to", fmt, str(tmp_path / out))
     assert r.returncode == 0, text(r.stderr)
@@ -355,3 +355,64 @@ def test_fixture_transformers_folder_loads_in_transformers(fixture_dir):
     with torch.no_grad():
         theirs = model(torch.tensor([IDS])).logits[0].numpy()
     assert rel(ours.logits(IDS), theirs) <= 2e-5
+
+
+def test_weights_are_read_through_links_as_the_transformers_cache_lays_them_out(
+    converted_models, tmp_path
+):
+    # snapshots/REV/model.safetensors -> ../../blobs/HASH, as huggingface_hub does
+    folder = export(converted_models, "hf", tmp_path / "hf")
+    blobs = tmp_path / "cache" / "blobs"
+    snapshot = tmp_path / "cache" / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for i, file in enumerate(sorted(folder.iterdir())):
+        file.rename(blobs / f"blob{i}")
+        (snapshot / file.name).symlink_to(f"../../blobs/blob{i}")
+    mine = run("generate", "the cat", "--n-tokens", "4", "--model-size", str(snapshot))
+    ours = run("generate", "the cat", "--n-tokens", "4", *tiny(converted_models))
+    assert mine.returncode == 0, text(mine.stderr)
+    assert mine.stdout == ours.stdout
+
+
+@pytest.mark.parametrize("shard", ["../out/model-1.safetensors", "/tmp/model-1.safetensors"])
+def test_a_shard_index_naming_files_outside_the_folder_is_refused(
+    converted_models, tmp_path, shard
+):
+    folder = export(converted_models, "hf", tmp_path / "hf")
+    outside = tmp_path / "out" / "model-1.safetensors"
+    outside.parent.mkdir()
+    (folder / "model.safetensors").rename(outside)
+    index = {"weight_map": {"transformer.wte.weight": shard}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    r = run("generate", "the cat", "--model-size", str(folder))
+    one_line_error(r, 1, "model.safetensors.index.json", repr(shard), "not a file in")
+
+
+@pytest.mark.parametrize("sizes", [["--width", "100000", "--heads", "1"], ["--layers", "100000"]])
+def test_a_fixture_too_large_is_refused_and_explained(real_dir, tmp_path, sizes):
+    r = run("fixture", str(tmp_path / "fx"), "--encoder-dir", str(real_dir), *sizes, timeout=30)
+    one_line_error(r, 2, "parameters; a fixture is a small model, at most 200,000,000")
+    assert not (tmp_path / "fx").exists()
+
+
+def test_an_unknown_tensor_in_a_transformers_file_is_named_with_the_file(
+    converted_models, tmp_path
+):
+    folder = export(converted_models, "hf", tmp_path / "hf")
+    from picogpt2.weights.formats.safetensors import read_tensors, write_tensors
+
+    tensors = {k: np.array(v) for k, v in read_tensors(folder / "model.safetensors")[0].items()}
+    tensors["transformer.h.0.attn.rotary"] = np.zeros(3, np.float32)
+    write_tensors(folder / "model.safetensors", tensors, {"format": "pt"})
+    r = run("generate", "x", "--model-size", str(folder))
+    one_line_error(r, 1, str(folder / "model.safetensors"), "h.0.attn.rotary")
+
+
+def test_an_llmc_file_without_a_vocabulary_is_refused_before_any_conversion(
+    converted_models, tmp_path
+):
+    path = export(converted_models, "llmc", tmp_path / "m.bin")
+    r = run("generate", "x", "--model-size", str(path))
+    one_line_error(r, 1, "no encoder.json and vocab.bpe beside it", "--encoder-dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin"]

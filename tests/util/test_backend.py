@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tiny import make_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Loads a model as the case says, then counts page faults over rounds of
 # four 1.5 MB temporaries (an MLP activation's size for 128 tokens of 124M),

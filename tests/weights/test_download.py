@@ -11,7 +11,13 @@ import time
 
 import pytest
 from mirror import ROOT, Mirror, catalogue_env, full_disk, one_line_error, run, text
-from tiny import converted, is_converted, make_tiny_model
+from tiny import (
+    converted,
+    copy_model,
+    is_converted,
+    make_tiny_model,
+    without_checkpoint,
+)
 
 from picogpt2.hparams import SIZES
 from picogpt2.util.errors import InputError
@@ -325,3 +331,19 @@ def test_verify_finds_a_flipped_byte_in_the_converted_file(mirror, tmp_path):
 def test_verify_of_a_missing_model_is_exit_2(tmp_path):
     r = run("download", "124M", "--models-dir", str(tmp_path), "--verify")
     one_line_error(r, 2, "no model there to verify")
+
+
+@pytest.mark.parametrize("command, fix", [("tokens", "--vocab-dir"), ("fixture", "--encoder-dir")])
+def test_offline_errors_name_an_option_the_command_has(tmp_path, command, fix):
+    args = ["hello"] if command == "tokens" else [str(tmp_path / "fx")]
+    r = run(command, *args, "--models-dir", str(tmp_path / "m"))
+    line = one_line_error(r, 1, "cannot reach", fix)
+    assert "download's --base-url" in line and not (tmp_path / "m").exists()
+
+
+def test_damaged_released_model_is_not_downloaded_again_silently(converted_models, tmp_path):
+    folder = without_checkpoint(copy_model(converted_models, tmp_path, "124M"))
+    (folder / WEIGHTS_FILE).write_bytes((folder / WEIGHTS_FILE).read_bytes()[:1000])
+    env = catalogue_env(tmp_path, "124M", json.loads((folder / "hparams.json").read_text()))
+    r = run("generate", "hi", "--n-tokens", "2", "--models-dir", str(tmp_path), env=env)
+    one_line_error(r, 1, "is damaged", "delete it, and picogpt2 downloads GPT-2 124M again")

@@ -1,0 +1,229 @@
+"""compare, as the oracle people run: it names the first operation that goes
+wrong, tells a near-tie from a bug, and returns a typed report."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from mirror import one_line_error, run, text
+from tiny import make_tiny_model, tiny
+
+from picogpt2 import gpt2
+from picogpt2.activations import ALONE32, BLOCK, KEYS, RTOL32
+from picogpt2.model import load_model
+
+
+def test_a_candidate_holding_inf_is_not_ok_without_warnings(converted_models, tmp_path):
+    ref = tmp_path / "ref.npz"
+    assert run("dump", "--ids", "1,2,3", "--out", str(ref), *tiny(converted_models)).returncode == 0
+    data = dict(np.load(ref))
+    data["logits"][1, 5] = np.inf
+    data["hidden"][1, 0, 0] = -np.inf
+    np.savez(tmp_path / "mine.npz", **data)
+    r = run("compare", str(ref), str(tmp_path / "mine.npz"))
+    assert r.returncode == 1 and "Warning" not in text(r.stderr), text(r.stderr)
+    assert "not finite, so no log-softmax" in text(r.stdout)
+    assert "first over tolerance: hidden[1]" in text(r.stdout)
+
+
+IDS = "5,17,99,3,42,8,120,7,64,33"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    # Small embeddings make every operation's effect visible at float32.
+    make_tiny_model(root / "tiny", n_layer=3, n_head=4, n_embd=32, n_ctx=32, scale=0.05)
+    return root
+
+
+def args(models, *extra):
+    return ["--model-size", "tiny", "--models-dir", str(models), *extra]
+
+
+@pytest.fixture(scope="module")
+def dumps(models, tmp_path_factory):
+    """The float64 reference and our float32 dump, with every key."""
+    out = tmp_path_factory.mktemp("dumps")
+    for dtype in ("float64", "float32"):
+        r = run("dump", "--ids", IDS, "--dtype", dtype, "--detail", "--generate", "6",
+                "--out", str(out / f"{dtype}.npz"), *args(models))  # fmt: skip
+        assert r.returncode == 0, text(r.stderr)
+    return out
+
+
+def load(path):
+    with np.load(path) as f:
+        return dict(f)
+
+
+def compare(*paths, extra=()):
+    return run("compare", *map(str, paths), *extra)
+
+
+def test_float32_candidate_against_float64_reference_is_ok(dumps):
+    r = compare(dumps / "float64.npz", dumps / "float32.npz")
+    assert r.returncode == 0, text(r.stdout) + text(r.stderr)
+    out = text(r.stdout)
+    assert "float32 vs float64" in out and "NOT OK" not in out
+    assert "OK: every shared key is within tolerance" in out
+    assert "argmax: 10/10 positions agree" in out and "all 6 ids identical" in out
+    for key in ("ln_1[0]", "mlp_hidden[2]", "hidden[3]", "ln_f", "logits"):
+        assert f"\n{key} " in out
+
+
+def test_json_report(dumps):
+    r = compare(dumps / "float64.npz", dumps / "float32.npz", extra=["--json"])
+    report = json.loads(r.stdout)
+    assert report["ok"] and report["first_wrong"] is None and report["mode"] == "float32 vs float64"
+    labels = [c["label"] for c in report["checks"]]
+    assert labels.index("hidden[0]") < labels.index("ln_1[0]") < labels.index("q[0]")
+    assert labels.index("mlp_out[0]") < labels.index("hidden[1]") < labels.index("ln_1[1]")
+
+
+def exact_gelu(x):
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0))).astype(x.dtype)
+
+
+def eps_outside(x, g, b, eps=1e-5):
+    centred = x - np.mean(x, axis=-1, keepdims=True)
+    return g * centred / (np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True)) + eps) + b
+
+
+@pytest.mark.parametrize(
+    "bug, first_wrong",
+    [("gelu", "mlp_hidden[0]"), ("layer_norm", "ln_1[0]"), ("k_and_v", "k[0]")],
+)
+def test_a_buggy_candidate_is_caught_at_its_first_wrong_operation(
+    dumps, models, tmp_path, monkeypatch, bug, first_wrong
+):
+    if bug == "gelu":
+        monkeypatch.setattr(gpt2, "gelu", exact_gelu)
+    elif bug == "layer_norm":
+        monkeypatch.setattr(gpt2, "layer_norm", eps_outside)
+    else:
+        original = np.split
+
+        def split(array, sections, axis=0):
+            q, k, v = original(array, sections, axis=axis)
+            return [q, v, k]
+
+        monkeypatch.setattr(gpt2.np, "split", split)
+    model = load_model("tiny", models)
+    buggy = model.trace([int(i) for i in IDS.split(",")], detail=True)
+    monkeypatch.undo()
+    candidate = tmp_path / "buggy.npz"
+    np.savez(candidate, **buggy)
+    r = compare(dumps / "float64.npz", candidate)
+    assert r.returncode == 1, text(r.stdout) + text(r.stderr)
+    last = text(r.stdout).splitlines()[-1]
+    assert last.startswith(f"first over tolerance: {first_wrong} "), last
+    assert "give the model (--model)" in last and "agrees" not in last
+    r = compare(dumps / "float64.npz", candidate, extra=["--model", str(models / "tiny")])
+    last = text(r.stdout).splitlines()[-1]
+    assert r.returncode == 1 and last.startswith(f"blamed: {first_wrong}, "), last
+    assert "(block 0)" in last
+    report = json.loads(compare(dumps / "float64.npz", candidate, extra=["--json"]).stdout)
+    assert report["first_wrong"]["label"] == first_wrong and report["blamed"] is None
+
+
+def near_tie_pair(dumps, tmp_path, gap_fraction):
+    """A reference whose position 4 has its two best logits ``gap_fraction``
+    of the largest logit apart, and a candidate that picks the second."""
+    ref = load(dumps / "float64.npz")
+    logits = ref["logits"]
+    row = logits[4]
+    first, second = np.argsort(-row)[:2]
+    row[second] = row[first] - gap_fraction * np.max(np.abs(logits))
+    cand = {k: ref[k].astype(np.float32) if ref[k].dtype.kind == "f" else ref[k] for k in ref}
+    cand["logits"] = logits.copy()
+    cand["logits"][4, [first, second]] = row[second], row[first]
+    for name, arrays in (("ref.npz", ref), ("cand.npz", cand)):
+        np.savez(tmp_path / name, **arrays)
+    return tmp_path / "ref.npz", tmp_path / "cand.npz"
+
+
+def test_a_flipped_near_tie_is_labelled_and_passes(dumps, tmp_path):
+    r = compare(*near_tie_pair(dumps, tmp_path, 1e-7))
+    out = text(r.stdout)
+    assert r.returncode == 0, out
+    assert "argmax: 9/10 positions agree" in out and "position 4:" in out
+    assert out.split("position 4:")[1].splitlines()[0].endswith("near-tie")
+
+
+def test_a_real_disagreement_fails(dumps, tmp_path):
+    r = compare(*near_tie_pair(dumps, tmp_path, 1e-2))
+    assert r.returncode == 1
+    assert "real disagreement" in text(r.stdout)
+
+
+def test_candidate_with_a_subset_of_keys_as_a_folder(dumps, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    ref = load(dumps / "float32.npz")
+    for key in ("hidden", "logits"):
+        np.save(folder / f"{key}.npy", ref[key])
+    r = compare(dumps / "float64.npz", folder)
+    assert r.returncode == 0, text(r.stdout)
+    assert "q[0]" not in text(r.stdout) and "hidden[3]" in text(r.stdout)
+
+
+def test_a_generation_that_differs_is_explained(dumps, tmp_path):
+    ref = load(dumps / "float64.npz")
+    cand = {"gen_ids": ref["gen_ids"].copy()}
+    cand["gen_ids"][3] = ref["gen_top_ids"][3, 1]
+    np.savez(tmp_path / "gen.npz", **cand)
+    r = compare(dumps / "float64.npz", tmp_path / "gen.npz")
+    assert "the ids first differ at step 3" in text(r.stdout)
+    assert r.returncode == (0 if "near-tie" in text(r.stdout) else 1)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ("missing", "no such file or folder"),
+        (
+            "shape",
+            "hidden[0]: the candidate is [10, 31], the reference [10, 32] (our layout: "
+            "[n_layer+1, n, n_embd]",
+        ),
+        ("nan", "ln_f: the candidate holds NaN"),
+        ("ids", "ids: the dumps are of different inputs"),
+        ("garbage", "not a dump picogpt2 can read"),
+    ],
+)
+def test_bad_input_is_exit_2(dumps, tmp_path, change, words):
+    ref = load(dumps / "float32.npz")
+    if change == "shape":
+        ref["hidden"] = ref["hidden"][..., :31]
+    elif change == "nan":
+        ref["ln_f"][0, 0] = np.nan
+    elif change == "ids":
+        ref["ids"] = ref["ids"][::-1].copy()
+    path = tmp_path / "cand.npz"
+    if change == "garbage":
+        path.write_bytes(b"not a zip")
+    elif change != "missing":
+        np.savez(path, **ref)
+    one_line_error(compare(dumps / "float64.npz", path), 2, words)
+
+
+def test_tolerances_documented_for_every_key():
+    assert {"ids", "hidden", "ln_f", "logits"} | {k.name for k in BLOCK} == KEYS.keys()
+    assert all(0 < ALONE32[k.made_by.rounding] <= RTOL32 for k in KEYS.values() if k.name != "ids")
+
+
+def test_compare_is_a_function_with_a_typed_report(dumps):
+    from picogpt2.oracle.comparison import Argmax, Check, Report, compare
+
+    ref, cand = dict(np.load(dumps / "float64.npz")), dict(np.load(dumps / "float32.npz"))
+    report = compare(ref, cand)
+    assert isinstance(report, Report) and report.ok and report.blamed is None
+    assert all(isinstance(c, Check) and c.ok for c in report.checks)
+    assert isinstance(report.argmax, Argmax) and report.argmax.real_disagreements == 0
+    cand["logits"] = cand["logits"].copy()
+    cand["logits"][0, 0] += 1e3  # a flipped argmax, far beyond any near-tie
+    report = compare(ref, cand)
+    assert not report.ok and report.first_wrong.key == "logits"
+    assert not report.argmax.disagreements[0].near_tie  # the verdict is data, not words
