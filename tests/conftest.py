@@ -45,6 +45,16 @@ def tiktoken_gpt2(real_dir):
 
 
 @pytest.fixture(scope="module")
+def small_models(tmp_path_factory) -> Path:
+    """A models folder holding "tiny": 2 blocks 16 wide, a context of 16."""
+    from tiny import make_tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_model(root / "tiny", n_layer=2, n_head=2, n_embd=16, n_ctx=16)
+    return root
+
+
+@pytest.fixture(scope="module")
 def converted_models(tmp_path_factory) -> Path:
     """A models folder holding "tiny" (context 64), converted once with its
     checkpoint kept, as a load leaves a user's own checkpoint."""

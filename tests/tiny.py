@@ -16,6 +16,8 @@ from picogpt2.weights.formats.tf_bundle import write_tf_checkpoint
 from picogpt2.weights.params import schema
 from picogpt2.weights.vocabulary import bytes_to_unicode
 
+# The ids the oracle tests dump and compare.
+DUMP_IDS = "5,17,99,3,42,8,120,7,64,33"
 # A small merge list over the byte alphabet, enough to exercise BPE.
 MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n")]
 
@@ -133,3 +135,9 @@ def safetensors_offset(path: Path, name: str) -> int:
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
     return 8 + n + json.loads(data[8 : 8 + n])[name]["data_offsets"][0]
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """An .npz's arrays, read whole."""
+    with np.load(path) as f:
+        return dict(f)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 from mirror import one_line_error, run, text
-from tiny import make_tiny_model, tiny
+from tiny import DUMP_IDS, read_npz, tiny
 
 from picogpt2 import gpt2
 from picogpt2.activations import ALONE32, BLOCK, KEYS, RTOL32
@@ -25,37 +25,6 @@ def test_a_candidate_holding_inf_is_not_ok_without_warnings(converted_models, tm
     assert r.returncode == 1 and "Warning" not in text(r.stderr), text(r.stderr)
     assert "not finite, so no log-softmax" in text(r.stdout)
     assert "first over tolerance: hidden[1]" in text(r.stdout)
-
-
-IDS = "5,17,99,3,42,8,120,7,64,33"
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    # Small embeddings make every operation's effect visible at float32.
-    make_tiny_model(root / "tiny", n_layer=3, n_head=4, n_embd=32, n_ctx=32, scale=0.05)
-    return root
-
-
-def args(models, *extra):
-    return ["--model-size", "tiny", "--models-dir", str(models), *extra]
-
-
-@pytest.fixture(scope="module")
-def dumps(models, tmp_path_factory):
-    """The float64 reference and our float32 dump, with every key."""
-    out = tmp_path_factory.mktemp("dumps")
-    for dtype in ("float64", "float32"):
-        r = run("dump", "--ids", IDS, "--dtype", dtype, "--detail", "--generate", "6",
-                "--out", str(out / f"{dtype}.npz"), *args(models))  # fmt: skip
-        assert r.returncode == 0, text(r.stderr)
-    return out
-
-
-def load(path):
-    with np.load(path) as f:
-        return dict(f)
 
 
 def compare(*paths, extra=()):
@@ -111,7 +80,7 @@ def test_a_buggy_candidate_is_caught_at_its_first_wrong_operation(
 
         monkeypatch.setattr(gpt2.np, "split", split)
     model = load_model("tiny", models)
-    buggy = model.trace([int(i) for i in IDS.split(",")], detail=True)
+    buggy = model.trace([int(i) for i in DUMP_IDS.split(",")], detail=True)
     monkeypatch.undo()
     candidate = tmp_path / "buggy.npz"
     np.savez(candidate, **buggy)
@@ -131,7 +100,7 @@ def test_a_buggy_candidate_is_caught_at_its_first_wrong_operation(
 def near_tie_pair(dumps, tmp_path, gap_fraction):
     """A reference whose position 4 has its two best logits ``gap_fraction``
     of the largest logit apart, and a candidate that picks the second."""
-    ref = load(dumps / "float64.npz")
+    ref = read_npz(dumps / "float64.npz")
     logits = ref["logits"]
     row = logits[4]
     first, second = np.argsort(-row)[:2]
@@ -161,7 +130,7 @@ def test_a_real_disagreement_fails(dumps, tmp_path):
 def test_candidate_with_a_subset_of_keys_as_a_folder(dumps, tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
-    ref = load(dumps / "float32.npz")
+    ref = read_npz(dumps / "float32.npz")
     for key in ("hidden", "logits"):
         np.save(folder / f"{key}.npy", ref[key])
     r = compare(dumps / "float64.npz", folder)
@@ -170,7 +139,7 @@ def test_candidate_with_a_subset_of_keys_as_a_folder(dumps, tmp_path):
 
 
 def test_a_generation_that_differs_is_explained(dumps, tmp_path):
-    ref = load(dumps / "float64.npz")
+    ref = read_npz(dumps / "float64.npz")
     cand = {"gen_ids": ref["gen_ids"].copy()}
     cand["gen_ids"][3] = ref["gen_top_ids"][3, 1]
     np.savez(tmp_path / "gen.npz", **cand)
@@ -194,7 +163,7 @@ def test_a_generation_that_differs_is_explained(dumps, tmp_path):
     ],
 )
 def test_bad_input_is_exit_2(dumps, tmp_path, change, words):
-    ref = load(dumps / "float32.npz")
+    ref = read_npz(dumps / "float32.npz")
     if change == "shape":
         ref["hidden"] = ref["hidden"][..., :31]
     elif change == "nan":

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 from mirror import ROOT, full_disk, one_line_error, run, text
-from tiny import make_tiny_model, tiny
+from tiny import DUMP_IDS, read_npz, tiny
 
 from picogpt2 import gpt2
 from picogpt2.activations import BLOCK, GENERATION, KEYS
@@ -30,39 +30,8 @@ def test_an_npy_folder_on_a_full_disk_names_the_file(converted_models, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-IDS = "5,17,99,3,42,8,120,7,64,33"
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    # Small embeddings make every operation's effect visible at float32.
-    make_tiny_model(root / "tiny", n_layer=3, n_head=4, n_embd=32, n_ctx=32, scale=0.05)
-    return root
-
-
-def args(models, *extra):
-    return ["--model-size", "tiny", "--models-dir", str(models), *extra]
-
-
-@pytest.fixture(scope="module")
-def dumps(models, tmp_path_factory):
-    """The float64 reference and our float32 dump, with every key."""
-    out = tmp_path_factory.mktemp("dumps")
-    for dtype in ("float64", "float32"):
-        r = run("dump", "--ids", IDS, "--dtype", dtype, "--detail", "--generate", "6",
-                "--out", str(out / f"{dtype}.npz"), *args(models))  # fmt: skip
-        assert r.returncode == 0, text(r.stderr)
-    return out
-
-
-def load(path):
-    with np.load(path) as f:
-        return dict(f)
-
-
 def test_detail_keys_shapes_and_where_they_are_taken(dumps, models):
-    ref = load(dumps / "float64.npz")
+    ref = read_npz(dumps / "float64.npz")
     n, h = 10, load_model("tiny", models).hparams
     shapes = {
         "ln_1": (3, n, 32), "q": (3, 4, n, 8), "k": (3, 4, n, 8), "v": (3, 4, n, 8),
@@ -92,11 +61,11 @@ def test_detail_keys_shapes_and_where_they_are_taken(dumps, models):
 
 
 def test_generate_records_each_step(dumps, models):
-    ref = load(dumps / "float64.npz")
+    ref = read_npz(dumps / "float64.npz")
     assert set(GENERATION) <= ref.keys()
     assert ref["gen_ids"].shape == (6,) and ref["gen_top_ids"].shape == (6, 5)
     model = load_model("tiny", models, dtype="float64")
-    ids = [int(i) for i in IDS.split(",")]
+    ids = [int(i) for i in DUMP_IDS.split(",")]
     assert ref["gen_ids"].tolist() == model.generate(ids, 6, ignore_eot=True)
     assert (ref["gen_ids"] == ref["gen_top_ids"][:, 0]).all()  # greedy: the most likely
     np.testing.assert_allclose(ref["gen_logprob"], ref["gen_top_logprobs"][:, 0])
@@ -109,7 +78,7 @@ def test_generate_records_each_step(dumps, models):
 
 
 def test_the_dump_keys_are_exactly_as_the_readme_states(dumps, models):
-    ref = load(dumps / "float64.npz")
+    ref = read_npz(dumps / "float64.npz")
     n = ref["attn"].shape[-1]
     above = np.triu(np.ones((n, n), bool), 1)
     assert (ref["attn"][..., above] == 0).all()  # masked entries: exactly 0
@@ -128,10 +97,10 @@ def test_the_dump_keys_are_exactly_as_the_readme_states(dumps, models):
 @pytest.mark.parametrize("fmt, name", [("safetensors", "d.safetensors"), ("npy-dir", "d")])
 def test_formats_hold_the_same_arrays(dumps, models, tmp_path, fmt, name):
     out = tmp_path / name
-    r = run("dump", "--ids", IDS, "--dtype", "float64", "--detail", "--generate", "6",
-            "--out", str(out), *args(models))  # fmt: skip
+    r = run("dump", "--ids", DUMP_IDS, "--dtype", "float64", "--detail", "--generate", "6",
+            "--out", str(out), *tiny(models))  # fmt: skip
     assert r.returncode == 0, text(r.stderr)
-    ref = load(dumps / "float64.npz")
+    ref = read_npz(dumps / "float64.npz")
     got = (
         dict(read_tensors(out)[0])
         if fmt == "safetensors"
@@ -142,40 +111,29 @@ def test_formats_hold_the_same_arrays(dumps, models, tmp_path, fmt, name):
         np.testing.assert_array_equal(got[key], ref[key])
     if fmt == "npy-dir":
         assert json.loads((out / "metadata.json").read_text())["dtype"] == "float64"
-    again = run("dump", "--ids", IDS, "--out", str(out), *args(models))  # one rule: never replaced
+    # One rule for every format: never replaced.
+    again = run("dump", "--ids", DUMP_IDS, "--out", str(out), *tiny(models))
     one_line_error(again, 2, "exists: name a new file or folder")
 
 
 def test_safetensors_dump_is_readable_by_the_safetensors_package(models, tmp_path):
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
     out = tmp_path / "d.safetensors"
-    assert run("dump", "--ids", IDS, "--out", str(out), *args(models)).returncode == 0
+    assert run("dump", "--ids", DUMP_IDS, "--out", str(out), *tiny(models)).returncode == 0
     assert safetensors_numpy.load_file(str(out))["logits"].shape == (10, 264)
 
 
 def test_the_docs_document_every_key():
-
     doc = (ROOT / "docs" / "oracle.md").read_text(encoding="utf-8")
     for key in [*KEYS, *GENERATION]:
         assert f"`{key}`" in doc, key
-
-
-@pytest.fixture(scope="module")
-def small_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    make_tiny_model(root / "tiny", n_layer=2, n_head=2, n_embd=16, n_ctx=16)
-    return root
-
-
-def small_args(small_models):
-    return ["--model-size", "tiny", "--models-dir", str(small_models)]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_dump_keys_shapes_dtypes(small_models, tmp_path, dtype):
     out = tmp_path / "ref.npz"
     r = run("dump", "--ids", "5,6,7,8", "--dtype", dtype, "--attn", "--out", str(out),
-            *small_args(small_models))  # fmt: skip
+            *tiny(small_models))  # fmt: skip
     assert r.returncode == 0, text(r.stderr)
     with np.load(out) as f:
         data = dict(f)
@@ -190,10 +148,7 @@ def test_dump_keys_shapes_dtypes(small_models, tmp_path, dtype):
 
 def test_dump_text_without_attention(small_models, tmp_path):
     out = tmp_path / "t.npz"
-    assert (
-        run("dump", "--text", "the cat", "--out", str(out), *small_args(small_models)).returncode
-        == 0
-    )
+    assert run("dump", "--text", "the cat", "--out", str(out), *tiny(small_models)).returncode == 0
     with np.load(out) as f:
         assert "attn" not in f and f["ids"].tolist() == load_model(
             "tiny", small_models
@@ -211,7 +166,7 @@ def test_dump_text_without_attention(small_models, tmp_path):
 )
 def test_dump_bad_input(small_models, tmp_path, extra, message):
     out = tmp_path / "x.npz"
-    r = run("dump", *extra, "--out", str(out), *small_args(small_models))
+    r = run("dump", *extra, "--out", str(out), *tiny(small_models))
     one_line_error(r, 2, message)
     assert text(r.stderr).count("\n") == 1
     assert not out.exists() and list(tmp_path.iterdir()) == []
@@ -229,9 +184,7 @@ def test_float64_and_float32_dumps_agree(small_models):
 def test_dump_ids_by_commas_spaces_or_json(small_models, tmp_path, written):
     # Spaces were once removed before splitting: "5 6 7" became the id 567.
     out = tmp_path / "ids.npz"
-    assert (
-        run("dump", "--ids", written, "--out", str(out), *small_args(small_models)).returncode == 0
-    )
+    assert run("dump", "--ids", written, "--out", str(out), *tiny(small_models)).returncode == 0
     with np.load(out) as f:
         assert f["ids"].tolist() == [5, 6, 7]
 

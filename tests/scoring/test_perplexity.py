@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 from mirror import one_line_error, run, text
-from tiny import make_tiny_model, tiny
+from tiny import tiny
 
 from picogpt2.model import load_model
 from picogpt2.scoring import perplexity as scoring
@@ -22,17 +22,6 @@ def test_scored_tokens_are_counted_alike_on_stderr_and_in_json(converted_models,
     assert f"scored  {scored} tokens in" in text(r.stderr)
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    make_tiny_model(root / "tiny", n_layer=2, n_head=2, n_embd=16, n_ctx=16)
-    return root
-
-
-def args(models):
-    return ["--model-size", "tiny", "--models-dir", str(models)]
-
-
 def by_hand_nll(model, ids):
     """Each token after the first, with all tokens before it as context."""
     logits = model.logits(ids).astype(np.float64)
@@ -40,8 +29,8 @@ def by_hand_nll(model, ids):
     return -np.array([log_probs[t - 1, ids[t]] for t in range(1, len(ids))])
 
 
-def test_score_short_text_by_hand(models):
-    model = load_model("tiny", models)
+def test_score_short_text_by_hand(small_models):
+    model = load_model("tiny", small_models)
     ids = [5, 9, 11, 40, 2]
     np.testing.assert_allclose(
         scoring.sliding_window_nll(model, ids, 8), by_hand_nll(model, ids), rtol=1e-12
@@ -54,8 +43,8 @@ def test_token_nll_uniform_logits():
 
 
 @pytest.mark.parametrize("stride", [1, 5, 8, 15])
-def test_sliding_window_scores_each_token_once_with_its_window(models, stride):
-    model = load_model("tiny", models)
+def test_sliding_window_scores_each_token_once_with_its_window(small_models, stride):
+    model = load_model("tiny", small_models)
     ids = list(np.random.default_rng(0).integers(0, 264, 45))  # ~3x n_ctx
     got = scoring.sliding_window_nll(model, ids, stride)
     assert len(got) == len(ids) - 1
@@ -69,8 +58,8 @@ def test_sliding_window_scores_each_token_once_with_its_window(models, stride):
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-def test_stride_of_n_ctx_skips_each_window_start_like_transformers(models):
-    model = load_model("tiny", models)
+def test_stride_of_n_ctx_skips_each_window_start_like_transformers(small_models):
+    model = load_model("tiny", small_models)
     ids = list(np.random.default_rng(1).integers(0, 264, 40))
     got = scoring.sliding_window_nll(model, ids, 16)
     expected = [
@@ -82,15 +71,15 @@ def test_stride_of_n_ctx_skips_each_window_start_like_transformers(models):
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-def test_score_command_json(models, tmp_path):
+def test_score_command_json(small_models, tmp_path):
     text_ = "the cat in the hat sat on the mat " * 3
     path = tmp_path / "t.txt"
     path.write_text(text_)
-    r = run("score", str(path), "--json", "--stride", "8", *args(models))
+    r = run("score", str(path), "--json", "--stride", "8", *tiny(small_models))
     assert r.returncode == 0, text(r.stderr)
     result = json.loads(r.stdout)
     assert {"tokens", "nll", "perplexity", "bits_per_byte"} <= result.keys()
-    model = load_model("tiny", models)
+    model = load_model("tiny", small_models)
     ids = model.encoder.encode(text_)
     nll = scoring.sliding_window_nll(model, ids, 8)
     assert result["tokens"] == len(ids)
@@ -99,10 +88,10 @@ def test_score_command_json(models, tmp_path):
     assert result["bits_per_byte"] == pytest.approx(nll.sum() / math.log(2) / len(text_))
 
 
-def test_score_command_text_and_progress(models, tmp_path):
+def test_score_command_text_and_progress(small_models, tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("the cat " * 20)
-    r = run("score", str(path), *args(models))
+    r = run("score", str(path), *tiny(small_models))
     assert r.returncode == 0 and "perplexity" in text(r.stdout)
     err = text(r.stderr)  # not a terminal: one summary line, no carriage returns
     assert "\r" not in err and sum(line.startswith("scored") for line in err.splitlines()) == 1
@@ -112,16 +101,16 @@ def test_score_command_text_and_progress(models, tmp_path):
     "content, message",
     [(b"", "is empty"), (b"   \n", "is empty"), (b"ab\x00cd", "binary"), (b"\xff\xfe", "UTF-8")],
 )
-def test_score_bad_files(models, tmp_path, content, message):
+def test_score_bad_files(small_models, tmp_path, content, message):
     path = tmp_path / "f.txt"
     path.write_bytes(content)
-    r = run("score", str(path), *args(models))
+    r = run("score", str(path), *tiny(small_models))
     one_line_error(r, 2, message)
     assert text(r.stderr).count("\n") == 1
 
 
-def test_score_missing_file(models, tmp_path):
-    one_line_error(run("score", str(tmp_path / "nope.txt"), *args(models)), 2, "cannot read")
+def test_score_missing_file(small_models, tmp_path):
+    one_line_error(run("score", str(tmp_path / "nope.txt"), *tiny(small_models)), 2, "cannot read")
 
 
 def test_nan_weights_never_give_invalid_json(nan_model, tmp_path):
