@@ -85,18 +85,16 @@ def download_model(
     keep_original: bool = False,
     retries: int = RETRIES,
     backoff: float = BACKOFF_S,
-    small_files_only: bool = False,
 ) -> Path:
     """Download, verify and convert one released size into
     ``models_dir/model_size`` (``models_dir`` None: the default, see
     ``locations``); a no-op when that is done. A first run that fails
     removes the folders it created, unless they hold a partial transfer to
-    resume. ``small_files_only`` stops after the vocabulary and
-    hyperparameters (a few MB), for checks to make before the large shard."""
+    resume (``fetch_vocabulary`` stops after the small files)."""
     if model_size not in SIZES:
         raise InputError(f"unknown model size {model_size!r}; choose from {', '.join(SIZES)}")
     folder = locations.models_dir(models_dir) / model_size
-    options = {"retries": retries, "backoff": backoff, "small_files_only": small_files_only}
+    options = {"retries": retries, "backoff": backoff}
     _download(model_size, folder, locations.base_url(base_url), keep_original, **options)
     return folder
 
