@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,29 +31,49 @@ def is_read_only(error: OSError) -> bool:
     return error.errno in READ_ONLY_ERRNOS
 
 
+def temporary_name(path: Path, suffix: str = ".tmp") -> Path:
+    """A name beside ``path`` for what is written before it takes ``path``'s:
+    hidden, with a random part, so that it is no file of the user's."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+
+
 @contextmanager
-def atomic_write(path: Path) -> Iterator[BinaryIO]:
-    """Open ``path`` + ".tmp" for writing; when the block ends without error,
-    flush it to disk and rename it to ``path``. On any error (a full disk,
-    Ctrl-C) the temporary file is removed and ``path`` is left as it was.
-    The temporary file is always a new one: a leftover of that name (a link
-    to elsewhere included) is removed first, never written through. An
-    ``OSError`` names the file (a full disk's own message does not)."""
-    tmp = path.with_name(path.name + ".tmp")
+def naming(path: Path, *temporary: Path) -> Iterator[None]:
+    """An ``OSError`` about one of our ``temporary`` names (or about no file:
+    a full disk's own message) names ``path``, the file asked for, instead."""
     try:
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield
     except OSError as e:
-        if e.filename in (None, str(tmp)):  # name the file asked for, not our temporary one
+        if e.filename is None or any(str(t) in (e.filename, e.filename2) for t in temporary):
             raise OSError(e.errno, e.strerror, str(path)) from None
         raise
+
+
+@contextmanager
+def atomic_write(path: Path) -> Iterator[BinaryIO]:
+    """A new temporary file beside ``path`` to write; when the block ends
+    without error, it is flushed to disk and renamed to ``path``. On any
+    error (a full disk, Ctrl-C) it is removed and ``path`` is left as it
+    was. The temporary file is created exclusively under a name of its own
+    (``temporary_name``), so no file picogpt2 did not create is ever
+    replaced, removed or written through (a link to elsewhere included).
+    An ``OSError`` names ``path``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    tmp = temporary_name(path)
+    created = False
+    try:
+        with naming(path, tmp):
+            fd = os.open(tmp, flags, 0o666)
+            created = True
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            created = False
     finally:
-        tmp.unlink(missing_ok=True)
+        if created:
+            tmp.unlink(missing_ok=True)
 
 
 def require_new(out: Path) -> None:
@@ -76,18 +96,21 @@ def atomic_folder(out: Path) -> Iterator[Path]:
     block ends without error: it is built under a temporary name beside it
     and renamed, and removed on any error. ``out`` must not exist, or be an
     empty folder (then it is replaced)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temporary_name(out, "")
+    created = False
     try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; ours is ordinary
-        if out.is_dir():
-            out.rmdir()  # empty: anything else refuses, and nothing is lost
-        os.replace(tmp, out)
+        with naming(out, tmp):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()  # exclusively: a name of its own, never one that stands
+            created = True
+            yield tmp
+            if out.is_dir():
+                out.rmdir()  # empty: anything else refuses, and nothing is lost
+            os.replace(tmp, out)
+            created = False
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
