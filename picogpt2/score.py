@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -35,18 +35,21 @@ from picogpt2.scoring.corpus import (
     Spec,
     Submit,
     Writer,
+    check_records_file,
     local_pool,
     read_corpus,
-    resume,
+    records_file,
+    records_header,
     run,
     score_chunk,
+    use_loaded,
 )
 from picogpt2.scoring.perplexity import check_stride, score
 from picogpt2.util.errors import InputError, PicoGPT2Error
 from picogpt2.util.status import Progress, status
 from picogpt2.util.textio import plural, read_text_file
-from picogpt2.weights.loading import peek_hparams
 from picogpt2.weights.locations import ModelRef
+from picogpt2.weights.params import weights_digest
 
 RETRIES = 3  # a chunk's reruns on Dask after an error (a lost worker's are the scheduler's)
 
@@ -124,14 +127,18 @@ def score_file(args: argparse.Namespace, ref: ModelRef) -> int:
 
 
 def check_out(out: Path, corpus: Path) -> None:
-    """``out`` can take the records: a file (new, or the records so far) in a
-    folder that exists, and not the corpus."""
+    """``out`` can take the records: a regular file (new, or the records so
+    far that picogpt2 wrote) in a folder that exists, and not the corpus.
+    Checked before the model is loaded, so that no time is lost."""
     if not out.parent.is_dir():
         raise InputError(f"--out {out}: the folder {out.parent} does not exist")
     if out.is_dir():
         raise InputError(f"--out {out} is a folder: name the file the records go to")
+    if out.exists() and not out.is_file():
+        raise InputError(f"--out {out} is not a regular file (a pipe, a device): name a file")
     if out.exists() and corpus.exists() and out.samefile(corpus):
         raise InputError(f"--out {out} is the corpus itself: name another file")
+    check_records_file(out)
 
 
 def check_corpus_arguments(args: argparse.Namespace, ref: ModelRef) -> None:
@@ -144,8 +151,6 @@ def check_corpus_arguments(args: argparse.Namespace, ref: ModelRef) -> None:
     if args.scheduler is not None and args.workers != 1:
         raise InputError("--workers is for this machine; a cluster's workers are its own")
     check_out(args.out, args.corpus)
-    hparams = peek_hparams(ref)
-    check_stride(args.stride, hparams.n_ctx if hparams else None)
 
 
 @dataclass
@@ -191,9 +196,23 @@ def workers(args: argparse.Namespace) -> Workers:
 def score_corpus(args: argparse.Namespace, ref: ModelRef) -> int:
     check_corpus_arguments(args, ref)
     docs = read_corpus(args.corpus, args.text_key, args.id_key)  # before any work
-    done = resume(args.out)
+    # The model is loaded here once (fetched and converted, if it must be):
+    # what every worker loads is checked to be these weights.
+    model = load_model(ref, backend=args.backend, dtype=args.dtype, encoder_dir=args.encoder_dir)
+    stride = check_stride(args.stride, model.hparams.n_ctx)
+    weights = weights_digest(model.params, model.backend.to_numpy)
+    encoder_dir = args.encoder_dir and str(Path(args.encoder_dir).absolute())
+    spec = Spec(replace(ref, path=ref.path.absolute()), weights, encoder_dir, args.dtype, stride)
+    use_loaded(spec, model)  # scoring in this process: the model it has
+    settings = {"model": ref.name, "weights": weights, "dtype": args.dtype, "stride": stride,
+                "text_key": args.text_key, "id_key": args.id_key}  # fmt: skip
+    with records_file(args.out, records_header(settings)) as (out, done):
+        return score_documents(args, docs, spec, out, done)
+
+
+def score_documents(args: argparse.Namespace, docs: list, spec: Spec, out, done: set) -> int:
+    """Score the documents ``out`` does not hold yet, where ``args`` says."""
     before = len(done & {d.key for d in docs})
-    spec = Spec(ref, args.encoder_dir and str(args.encoder_dir), args.dtype, args.stride)
     where = workers(args)
     todo = len(docs) - before
     progress = Progress("scored", todo, unit="documents", scale=1)
@@ -204,10 +223,9 @@ def score_corpus(args: argparse.Namespace, ref: ModelRef) -> int:
         progress.label = f"scored ({writer.tokens:,} tokens, {rate:,.0f} tokens/s)"
         progress.update(writer.documents - progress.done)
 
+    writer = Writer(out, done)
     try:
-        with open(args.out, "a", encoding="utf-8") as out:
-            writer = Writer(out, done)
-            run(docs, spec, writer, where.submit, where.finished, advance)
+        run(docs, spec, writer, where.submit, where.finished, advance)
     finally:
         where.close()
     seconds = time.perf_counter() - start

@@ -23,17 +23,21 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO
 
+from picogpt2.util.atomic import fcntl, lock_holder
 from picogpt2.util.errors import InputError, PicoGPT2Error
 from picogpt2.util.status import quiet
 from picogpt2.util.textio import decode_utf8
 from picogpt2.weights.locations import ModelRef
+from picogpt2.weights.params import weights_digest
 
 CHUNK_CHARS = 16_000  # about 4,000 tokens of English
 CHUNK_DOCS = 64
@@ -41,9 +45,13 @@ CHUNK_DOCS = 64
 
 @dataclass(frozen=True)
 class Spec:
-    """What a worker needs to load the model and score: the same everywhere."""
+    """What a worker needs to load the model and score: the same everywhere.
+    ``model`` is resolved once, by the command (a relative path made
+    absolute); ``weights`` is the digest of what the command loaded, which
+    every worker's model must have too."""
 
-    model: ModelRef  # resolved once, by the command
+    model: ModelRef
+    weights: str
     encoder_dir: str | None = None
     dtype: str = "float32"
     stride: int | None = None
@@ -120,15 +128,93 @@ def record_key(record: dict) -> tuple | None:
     return key_of(None, record["line"]) if isinstance(record.get("line"), int) else None
 
 
-def resume(out: Path) -> set[tuple]:
-    """The documents ``out`` already holds, by key. A last line that is not
-    complete (a run killed while writing it) is cut off."""
-    if not out.exists():
-        return set()
-    data = out.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
+HEADER_KEY, HEADER = "picogpt2", "score --corpus records"  # the first line's mark
+RECORDS_FORMAT = 1
+
+
+def records_header(settings: dict[str, object]) -> dict[str, object]:
+    """The first line of a records file: what it is, and the settings that
+    produce its figures (a run goes on in a file only with the same)."""
+    return {HEADER_KEY: HEADER, "format": RECORDS_FORMAT, **settings}
+
+
+@contextmanager
+def records_file(out: Path, header: dict[str, object]) -> Iterator[tuple[BinaryIO, set[tuple]]]:
+    """``out`` open to append records for this run alone, and the documents
+    it already holds, by key. A new (or empty) file gets ``header`` as its
+    first line. An existing one is trusted only when picogpt2 wrote it, for
+    these settings: its first line must be ``header`` but for the model's
+    name (otherwise exit 2, naming what differs, and the file untouched).
+    A last line that is not complete (a run killed while writing it) is cut
+    off. The file is locked while the run writes: a second run at once is
+    refused, naming the process that holds it."""
+    try:
+        fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        fd = os.open(out, os.O_RDWR)
+    with os.fdopen(fd, "r+b") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = lock_holder(out)
+                who = f"process {holder}" if holder else "another process"
+                raise PicoGPT2Error(
+                    f"--out {out} is being written by another run ({who}): wait for it to end, "
+                    "or name another --out"
+                ) from None
+        data = f.read()
+        if data:
+            done = _records_so_far(out, data, header)
+            f.truncate(data.rfind(b"\n") + 1)
+        else:
+            f.write(json.dumps(header).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+            done = set()
+        f.seek(0, os.SEEK_END)
+        yield f, done
+
+
+def _header_of(out: Path, data: bytes) -> dict:
+    """The first line of ``data`` (the start of the file ``out``, not empty),
+    when it shows that picogpt2 wrote the file; bad input otherwise."""
+    first, newline, _ = data.partition(b"\n")
+    try:
+        found = json.loads(first) if newline else None
+    except ValueError:
+        found = None
+    if not isinstance(found, dict) or found.get(HEADER_KEY) != HEADER:
+        raise InputError(
+            f"--out {out} is not a records file picogpt2 wrote (its first line is not one), so "
+            "it is left as it is: name a new file"
+        )
+    return found
+
+
+def check_records_file(out: Path) -> None:
+    """``out`` is new, empty, or a records file picogpt2 wrote (its first
+    line): what a command checks before it loads the model."""
+    if out.is_file() and out.stat().st_size:
+        with open(out, "rb") as f:
+            _header_of(out, f.read(1 << 16))
+
+
+def _records_so_far(out: Path, data: bytes, header: dict[str, object]) -> set[tuple]:
+    """The keys of the records in ``data``, the file ``out`` holds, once its
+    first line shows it is picogpt2's, of the settings in ``header``."""
+    found = _header_of(out, data)
+    _, _, rest = data.partition(b"\n")
+    differ = [f"{k} {found.get(k)!r} (this run: {v!r})" for k, v in header.items()
+              if k != "model" and found.get(k) != v]  # fmt: skip
+    if differ:
+        raise InputError(
+            f"--out {out} holds records of other settings: {', '.join(differ)}; run with those, "
+            "or name another --out"
+        )
     done = set()
-    for number, raw in enumerate(complete.split(b"\n")[:-1], 1):
+    complete = rest[: rest.rfind(b"\n") + 1]
+    for number, raw in enumerate(complete.split(b"\n")[:-1], 2):
         try:
             key = record_key(json.loads(raw))
         except ValueError:
@@ -137,9 +223,6 @@ def resume(out: Path) -> set[tuple]:
             raise InputError(f"{out}: line {number} is not a record picogpt2 wrote: name another "
                              "--out, or remove it")  # fmt: skip
         done.add(key)
-    if len(complete) != len(data):
-        with open(out, "r+b") as f:
-            f.truncate(len(complete))
     return done
 
 
@@ -160,6 +243,11 @@ def chunks(docs: Iterable[Document]) -> Iterator[list[Document]]:
 _models: dict[Spec, object] = {}  # per worker process: the model, loaded once
 
 
+def use_loaded(spec: Spec, model: object) -> None:
+    """Score ``spec``'s chunks in this process with ``model``, loaded already."""
+    _models[spec] = model
+
+
 def score_chunk(spec: Spec, docs: list[Document]) -> list[dict]:
     """Each document's record, as ``score --json`` gives its text; a
     document that cannot be scored gets an error record. Runs in workers."""
@@ -167,8 +255,14 @@ def score_chunk(spec: Spec, docs: list[Document]) -> list[dict]:
     from picogpt2.scoring.perplexity import score_many
 
     if spec not in _models:
-        _models[spec] = load_model(spec.model, dtype=spec.dtype, encoder_dir=spec.encoder_dir,
-                                   show_progress=False)  # fmt: skip
+        model = load_model(spec.model, dtype=spec.dtype, encoder_dir=spec.encoder_dir,
+                           show_progress=False)  # fmt: skip
+        if weights_digest(model.params, model.backend.to_numpy) != spec.weights:
+            raise PicoGPT2Error(
+                f"the worker on {socket.gethostname()} found other weights at {spec.model.path} "
+                "than the command loaded: give every worker the same model there"
+            )
+        _models[spec] = model
     with quiet():  # a long document's own progress line: the corpus has one
         results = score_many(_models[spec], [doc.text for doc in docs], spec.stride)
     return [
@@ -183,7 +277,7 @@ class Writer:
     """Appends records to the output, each flushed as it is complete, each
     document once; counts what it wrote."""
 
-    def __init__(self, out: TextIO, done: set[tuple]) -> None:
+    def __init__(self, out: BinaryIO, done: set[tuple]) -> None:
         self.out, self.done = out, done
         self.documents = self.tokens = self.errors = 0
 
@@ -191,7 +285,7 @@ class Writer:
         key = record_key(record)
         if key in self.done:  # computed twice (a worker died): written once
             return
-        self.out.write(json.dumps(record, allow_nan=False) + "\n")
+        self.out.write(json.dumps(record, allow_nan=False).encode() + b"\n")
         self.out.flush()
         self.done.add(key)
         self.documents += 1

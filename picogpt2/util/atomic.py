@@ -161,3 +161,21 @@ def _process_lock(folder: Path, waiting: str) -> Iterator[None]:
             return
         finally:
             os.close(fd)
+
+
+def lock_holder(path: Path) -> int | None:
+    """The process that holds a lock on the file ``path``, from Linux's
+    /proc/locks (None elsewhere, or when none is found)."""
+    try:
+        stat = path.stat()
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    device = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    holders = {}
+    for line in lines:  # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; waiters have "->"
+        parts = line.split()
+        if len(parts) > 5 and "->" not in parts and parts[4].isdigit():
+            holders[parts[5]] = int(parts[4])
+    same_inode = [pid for where, pid in holders.items() if where.endswith(f":{stat.st_ino}")]
+    return holders.get(device) or (same_inode[0] if len(same_inode) == 1 else None)

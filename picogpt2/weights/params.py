@@ -21,6 +21,7 @@ from it: transformers' names (``formats/transformers.py``), llm.c's layout
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -205,3 +206,35 @@ def read_hparams(model_dir: str | Path) -> HParams:
 def write_hparams(model_dir: Path, hparams: HParams) -> None:
     """``model_dir/hparams.json``, as OpenAI wrote it."""
     (model_dir / HPARAMS_FILE).write_text(json.dumps(hparams.as_dict()) + "\n", encoding="utf-8")
+
+
+DIGEST_SAMPLES = 64  # values of each tensor a digest reads, evenly spaced
+
+
+def weights_digest(
+    params: Params, to_numpy: Callable[[np.ndarray], np.ndarray] = np.asarray
+) -> str:
+    """What identifies a model's weights by their values, cheaply: SHA-256
+    over every tensor's place in the tree, its shape, and ``DIGEST_SAMPLES``
+    of its values, evenly spaced, as float64. The same weights give the same
+    digest on any machine, in any format or dtype they were stored in,
+    whatever their files' names and times; other weights (a fine-tune,
+    another size) differ in nearly every value, so in the digest too.
+    ``to_numpy`` brings a sample back from the backend."""
+    digest = hashlib.sha256()
+
+    def visit(node: object, place: str) -> None:
+        if isinstance(node, dict):
+            for key in sorted(node):
+                visit(node[key], f"{place}/{key}")
+        elif isinstance(node, list):
+            for i, child in enumerate(node):
+                visit(child, f"{place}/{i}")
+        else:
+            flat = node.reshape(-1)
+            sample = to_numpy(flat[:: max(1, flat.size // DIGEST_SAMPLES)][:DIGEST_SAMPLES])
+            digest.update(f"{place}:{list(node.shape)}:".encode())
+            digest.update(np.asarray(sample, np.float64).tobytes())
+
+    visit(params, "")
+    return digest.hexdigest()

@@ -43,7 +43,10 @@ def write_corpus(path, texts, ids=None):
 
 
 def records(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The records of an output file, after its first line (the header)."""
+    header, *rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert header["picogpt2"] == "score --corpus records"
+    return rows
 
 
 def by_id(path):
@@ -114,11 +117,11 @@ def test_a_run_killed_and_started_again_writes_every_id_once(models, tmp_path):
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)  # fmt: skip
     deadline = time.time() + 60
-    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 20):
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 21):
         time.sleep(0.05)
     os.killpg(p.pid, signal.SIGKILL)  # the command and its workers, at once
     p.wait()
-    partial = out.read_text().count("\n")
+    partial = out.read_text().count("\n") - 1  # the first line is the header
     assert 0 < partial < 300, partial
     with open(out, "a") as f:
         f.write('{"id": 299, "tokens": 1')  # as if killed midway through a line
@@ -181,6 +184,71 @@ def test_bad_corpus_arguments_are_one_line_and_exit_2(models, tmp_path, out, ext
     assert corpus.read_bytes() == before and not (tmp_path / "out.jsonl").exists()
 
 
+# -- what --out may be: records picogpt2 wrote, for these settings, one run at a time
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"stride": 512, "workers": 2}',  # settings.json, as json.dump writes it
+        b'{"id": 1, "text": "a b"}\n{"id": 2, "text": "c d"}',  # another corpus
+        b"",  # empty: taken as new
+    ],
+    ids=["settings", "corpus", "empty"],
+)
+def test_only_a_records_file_picogpt2_wrote_is_gone_on_with(models, tmp_path, content):
+    corpus = write_corpus(tmp_path / "in.jsonl", ["the cat sat", "the dog ran"])
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(content)
+    r = run("score", "--corpus", str(corpus), "--out", str(out), *tiny(models))
+    if not content:
+        assert r.returncode == 0 and len(records(out)) == 2, text(r.stderr)
+        return
+    one_line_error(r, 2, f"--out {out} is not a records file picogpt2 wrote", "left as it is")
+    assert out.read_bytes() == content  # not truncated, not appended to
+
+
+def test_records_of_other_settings_are_not_gone_on_with(models, tmp_path):
+    corpus = write_corpus(tmp_path / "in.jsonl", ["the cat sat on the mat", "the dog ran"])
+    out = tmp_path / "out.jsonl"
+    assert run("score", "--corpus", str(corpus), "--out", str(out), "--stride", "8",
+               *tiny(models)).returncode == 0  # fmt: skip
+    before = out.read_bytes()
+    r = run("score", "--corpus", str(corpus), "--out", str(out), *tiny(models))
+    one_line_error(r, 2, "holds records of other settings", "stride 8 (this run: 32)")
+    assert out.read_bytes() == before
+    again = run("score", "--corpus", str(corpus), "--out", str(out), "--stride", "8",
+                *tiny(models))  # fmt: skip
+    assert again.returncode == 0 and "0 documents" in text(again.stderr), text(again.stderr)
+
+
+def test_a_second_run_on_the_same_out_is_refused_and_says_who_holds_it(models, tmp_path):
+    corpus = big_corpus(tmp_path / "in.jsonl", 200)
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "picogpt2.score", "--corpus", str(corpus), "--out", str(out),
+           *tiny(models)]  # fmt: skip
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
+        time.sleep(0.02)
+    second = run("score", "--corpus", str(corpus), "--out", str(out), *tiny(models))
+    assert first.wait(timeout=120) == 0, text(first.stderr.read())
+    one_line_error(second, 1, f"--out {out} is being written by another run")
+    if sys.platform.startswith("linux"):
+        assert f"(process {first.pid})" in text(second.stderr)
+    assert len(by_id(out)) == 200  # every id once: the second wrote nothing
+    third = run("score", "--corpus", str(corpus), "--out", str(out), *tiny(models))
+    assert third.returncode == 0 and "200 already in" in text(third.stderr), text(third.stderr)
+
+
+def test_an_out_that_is_not_a_regular_file_is_refused_without_waiting(models, tmp_path):
+    corpus = write_corpus(tmp_path / "in.jsonl", ["the cat sat"])
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    r = run("score", "--corpus", str(corpus), "--out", str(fifo), *tiny(models), timeout=60)
+    one_line_error(r, 2, f"--out {fifo} is not a regular file")
+
+
 # -- Dask: a scheduler and two workers on loopback, one killed mid-run ---------------
 
 
@@ -197,6 +265,7 @@ def dask_cluster(tmp_path):
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     logs = open(tmp_path / "dask.log", "w")
+    (tmp_path / "workers").mkdir()  # the workers' own folder, not the command's
     scheduler = subprocess.Popen(
         [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
          "--port", str(port), "--no-dashboard"], stdout=logs, stderr=logs, env=env,
@@ -218,7 +287,7 @@ def dask_cluster(tmp_path):
             stdout=logs,
             stderr=logs,
             env=env,
-            cwd=ROOT,
+            cwd=tmp_path / "workers",
         )  # fmt: skip
         for _ in range(2)
     ]
@@ -254,3 +323,52 @@ def test_a_dask_worker_that_dies_mid_run_loses_nothing(models, tmp_path, dask_cl
     run("score", "--corpus", str(corpus), "--out", str(local), *tiny(models))
     same(by_id(out), by_id(local), 1e-9)
     assert len(by_id(out)) == 400
+
+
+def test_a_relative_path_means_the_commands_folder_on_every_dask_worker(tmp_path, dask_cluster):
+    # #28: each worker resolved ./mymodel in its own folder, and scored with
+    # the model it found there, without a word.
+    address, _ = dask_cluster
+    here = tmp_path / "here"
+    make_tiny_model(here / "mymodel", n_ctx=64, seed=1)  # the model the user means
+    make_tiny_model(tmp_path / "workers" / "mymodel", n_ctx=64, seed=2)  # another, same name
+    corpus = write_corpus(here / "in.jsonl", TEXTS)
+    r = run("score", "--corpus", "in.jsonl", "--out", "dask.jsonl", "--scheduler", address,
+            "--model-size", "./mymodel", cwd=here)  # fmt: skip
+    assert r.returncode == 0, text(r.stderr)
+    local = run("score", "--corpus", str(corpus), "--out", "local.jsonl",
+                "--model-size", "./mymodel", cwd=here)  # fmt: skip
+    assert local.returncode == 0, text(local.stderr)
+    same(by_id(here / "dask.jsonl"), by_id(here / "local.jsonl"), 1e-6)
+
+
+def test_a_worker_that_finds_other_weights_refuses_to_score(models, tmp_path):
+    from picogpt2.model import load_model
+    from picogpt2.scoring.corpus import Document, Spec, score_chunk
+    from picogpt2.util.errors import PicoGPT2Error
+    from picogpt2.weights.locations import resolve
+    from picogpt2.weights.params import weights_digest
+
+    model = load_model("tiny", models, show_progress=False)
+    ref = resolve("tiny", models)
+    ours = Spec(ref, weights_digest(model.params))
+    assert score_chunk(ours, [Document(1, "a", "the cat sat")])[0]["id"] == "a"
+    other = make_tiny_model(tmp_path / "other", n_ctx=64, seed=5)
+    theirs = Spec(resolve(other), ours.weights)  # the command loaded ours
+    with pytest.raises(PicoGPT2Error, match="found other weights at .* than the command loaded"):
+        score_chunk(theirs, [Document(1, "a", "the cat sat")])
+
+
+def test_the_weights_digest_is_the_values_not_the_files(models, tmp_path):
+    from picogpt2.model import load_model
+    from picogpt2.weights.params import weights_digest
+
+    digest = weights_digest(load_model("tiny", models, show_progress=False).params)
+    assert run("export", "tiny", "--models-dir", str(models), "--to", "llmc",
+               str(tmp_path / "m.bin")).returncode == 0  # fmt: skip
+    (tmp_path / "encoder.json").write_bytes((models / "tiny" / "encoder.json").read_bytes())
+    (tmp_path / "vocab.bpe").write_bytes((models / "tiny" / "vocab.bpe").read_bytes())
+    as_llmc = load_model(str(tmp_path / "m.bin"), dtype="float64", show_progress=False)
+    assert weights_digest(as_llmc.params) == digest  # another format, another dtype
+    other = make_tiny_model(tmp_path / "other", n_ctx=64, seed=9)
+    assert weights_digest(load_model(str(other), show_progress=False).params) != digest
