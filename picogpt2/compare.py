@@ -24,10 +24,11 @@ from picogpt2.activations import describe
 from picogpt2.cli.arguments import Parser, add_models_dir_argument, prog_name
 from picogpt2.cli.running import run_cli
 from picogpt2.oracle.comparison import Check, Generation, Model, Report, compare
-from picogpt2.oracle.dumps import load_dump
+from picogpt2.oracle.dumps import load_dump, value_limit
 from picogpt2.oracle.plot import svg
 from picogpt2.util.atomic import atomic_write, require_new
 from picogpt2.util.errors import InputError
+from picogpt2.util.textio import printable
 from picogpt2.weights.loading import open_model
 from picogpt2.weights.params import params_from_tensors
 
@@ -224,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(f"--{name} must be >= 0, got {value}")
         if args.plot is not None:
             require_new(args.plot)
-        reference, candidate = load_dump(args.reference), load_dump(args.candidate)
+        reference = load_dump(args.reference)
+        candidate = load_dump(args.candidate, limit=value_limit(reference))
         model = load_weights(args.model, args.models_dir) if args.model else None
 
         def release() -> None:
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         report = compare(reference, candidate, rtol=args.rtol, atol=args.atol,
                          precision=args.precision, model=model, release=release)  # fmt: skip
         if args.plot is not None:
-            title = f"{args.candidate.name} against {args.reference.name}"
+            title = f"{printable(args.candidate.name)} against {printable(args.reference.name)}"
             with atomic_write(args.plot) as f:
                 f.write(svg(report, title).encode("utf-8"))
         if args.json:

@@ -59,17 +59,20 @@ class Activations:
         return [a for by in self.layers.values() for a in by.values() if a.dtype.kind == "f"]
 
 
-def read_ours(dump: Mapping[str, np.ndarray]) -> Activations:
-    """A dump in our names (the reference always is)."""
+def read_ours(dump: Mapping[str, np.ndarray], reference: Activations | None = None) -> Activations:
+    """A dump in our names (the reference always is); a candidate's stacked
+    keys are checked against ``reference`` before they are split."""
     out = Activations()
     single = []
     for name, array in dump.items():
         one = ONE_LAYER.match(name)
         if one and one["key"] in KEYS:
+            if not KEYS[one["key"]].per_layer:
+                raise InputError(f"{name}: {one['key']} is not per layer: save it as {one['key']}")
             out.add(one["key"], int(one["i"] or one["j"]), array)
             single.append(name)
         elif name in KEYS and KEYS[name].per_layer:
-            for i, layer in enumerate(array):
+            for i, layer in enumerate(_stacked(name, array, name, 0, reference)):
                 out.add(name, i, layer)
         else:
             out.add(name, None, array)
@@ -80,11 +83,20 @@ def read_ours(dump: Mapping[str, np.ndarray]) -> Activations:
 
 
 def read_candidate(dump: Mapping[str, np.ndarray], reference: Activations) -> Activations:
-    """A candidate's dump in any of the namings, shaped like ``reference``."""
+    """A candidate's dump in any of the namings, shaped like ``reference``.
+    Every array's dtype and shape is checked before its values are read:
+    numbers only (no complex, bool or text), and stacked keys that are the
+    reference's layers."""
+    for name, array in dump.items():
+        if array.dtype.kind not in "fiu":
+            raise InputError(
+                f"{name}: the candidate holds {array.dtype} values, not numbers (integers for "
+                "ids, floats for the activations)"
+            )
     llmc = [name for name in dump if name in LLMC or name in LLMC_OTHER]
     theirs = [name for name in dump if name in TRANSFORMERS]
     ours = {k: v for k, v in dump.items() if k not in LLMC_IGNORED and k not in llmc + theirs}
-    out = read_ours(ours)
+    out = read_ours(ours, reference)
     if llmc:
         _read_llmc({k: dump[k] for k in llmc}, reference, out)
     if theirs:
@@ -110,7 +122,7 @@ def _read_llmc(dump: Mapping[str, np.ndarray], reference: Activations, out: Acti
     for name, array in dump.items():
         if name in squeezed:
             array = np.squeeze(array, axis=_batch_axis(name))
-        _add_llmc(name, array, _n_head(reference), out)
+        _add_llmc(name, array, _n_head(reference), out, reference)
     out.notes.append(
         f"read llm.c's names: {', '.join(sorted(dump))} (encoded and residual3 are hidden, "
         "preatt is attn_scores, atty attn_heads, fch mlp_pre, ...)"
@@ -119,16 +131,18 @@ def _read_llmc(dump: Mapping[str, np.ndarray], reference: Activations, out: Acti
         out.notes.append(f"dropped the batch axis of 1 of {', '.join(sorted(squeezed))}")
 
 
-def _add_llmc(name: str, array: np.ndarray, n_head: int | None, out: Activations) -> None:
+def _add_llmc(
+    name: str, array: np.ndarray, n_head: int | None, out: Activations, reference: Activations
+) -> None:
     if name == "qkv":
-        _split_qkv(array, n_head, out)
+        _split_qkv(_stacked(name, array, "ln_1", 0, reference), n_head, out)
     elif name == "encoded":
         out.add("hidden", 0, array)
     elif name in LLMC and not KEYS[LLMC[name]].per_layer:
         out.add(LLMC[name], None, array)
     else:  # stacked over the blocks; residual3 is each block's output
         key, first = ("hidden", 1) if name == "residual3" else (LLMC[name], 0)
-        for i, layer in enumerate(array):
+        for i, layer in enumerate(_stacked(name, array, key, first, reference)):
             out.add(key, first + i, layer)
 
 
@@ -144,6 +158,11 @@ def _split_qkv(qkv: np.ndarray, n_head: int | None, out: Activations) -> None:
         out.notes.append("qkv: not compared (the reference holds no q, attn or attn_scores to "
                          "tell the number of heads)")  # fmt: skip
         return
+    if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head):
+        raise InputError(
+            f"qkv: the candidate is {list(qkv.shape)}: its width {qkv.shape[-1]} is not 3 x "
+            f"{n_head} heads of one width, or it is not [n_layer, (1,) n, 3*n_embd]"
+        )
     for i, layer in enumerate(qkv):
         n, width = layer.shape[0], layer.shape[-1] // 3
         for j, key in enumerate(("q", "k", "v")):
@@ -161,10 +180,10 @@ def _read_transformers(
             array = np.squeeze(array, axis=1)
             out.notes.append(f"dropped the batch axis of 1 of {name}")
         if name == "attentions":
-            for i, layer in enumerate(array):
+            for i, layer in enumerate(_stacked(name, array, "attn", 0, reference)):
                 out.add("attn", i, layer)
             continue
-        *blocks, last = array
+        *blocks, last = _stacked(name, array, "hidden", 0, reference)
         for i, layer in enumerate(blocks):
             out.add("hidden", i, layer)
         out.add("ln_f", None, last)
@@ -172,6 +191,30 @@ def _read_transformers(
             f"hidden_states: the first {len(blocks)} are hidden[0..{len(blocks) - 1}]; the last "
             "is after ln_f (transformers' convention), so it is compared as ln_f"
         )
+
+
+def _stacked(
+    name: str, array: np.ndarray, key: str, first: int, reference: Activations | None
+) -> np.ndarray:
+    """The candidate's ``name``, checked to stack the reference's layers of
+    ``key`` from layer ``first`` on, before any layer is split off: one axis
+    more than a layer (two, with a batch axis of 1), and no more layers than
+    the reference has (a flat array is not ten million layers)."""
+    layers = {} if reference is None else reference.layers.get(key, {})
+    held = sorted((i, a) for i, a in layers.items() if i is not None and i >= first)
+    one, count = (held[0][1], len(held)) if held else (None, None)
+    if array.ndim == 0:
+        stacks = f"{count} layers of {list(one.shape)}" if one is not None else "layers"
+        raise InputError(f"{name}: the candidate is [], where the reference stacks {stacks}")
+    if one is not None and array.ndim - 1 not in (one.ndim, one.ndim + 1):
+        error = _shape_error(key, first, array.shape[1:], one.shape)
+        raise InputError(f"{error}; the array: {name} {list(array.shape)}")
+    if count is not None and len(array) > count:
+        raise InputError(
+            f"{name}: the candidate stacks {len(array):,} layers of {key}, the reference "
+            f"{count} ({list(array.shape)})"
+        )
+    return array
 
 
 def _match_shapes(cand: Activations, reference: Activations) -> None:

@@ -257,9 +257,24 @@ def causal(scores: np.ndarray) -> np.ndarray:
     return np.tril(np.ones(scores.shape[-2:], bool))
 
 
-def refuse_nan(array: np.ndarray, what: str, name: str) -> None:
-    """NaN is bad input, exit status 2 (an infinity is a wrong value)."""
-    if array.dtype.kind == "f" and any(np.isnan(b).any() for _, b in row_chunks(array)):
+def judged(key: str, array: np.ndarray) -> Iterator[np.ndarray]:
+    """The values of ``array`` that are judged, a chunk of rows at a time:
+    of the attention scores, the causal triangle alone (what lies above it
+    is never used, so never read for NaN or infinity either: llm.c leaves
+    it unset, masked_fill puts -inf there)."""
+    mask = causal(array) if key == "attn_scores" and array.ndim >= 2 else None
+    for _, rows in row_chunks(array):
+        yield rows if mask is None else np.where(mask, rows, 0.0)
+
+
+def finite(key: str, array: np.ndarray) -> bool:
+    return all(np.isfinite(rows).all() for rows in judged(key, array))
+
+
+def refuse_nan(key: str, array: np.ndarray, what: str, name: str) -> None:
+    """NaN where a value is judged is bad input, exit status 2 (an infinity
+    is a wrong value)."""
+    if array.dtype.kind == "f" and any(np.isnan(rows).any() for rows in judged(key, array)):
         raise InputError(f"{what}: the {name} holds NaN")
 
 
@@ -320,7 +335,7 @@ def validate(reference: Activations, candidate: Activations, shared: list) -> No
         )
     for name, acts in (("reference", ref), ("candidate", cand)):  # the rest: as compared
         for key in [k for k in acts if k.startswith("gen_")]:
-            refuse_nan(acts[key][None], key, name)
+            refuse_nan(key, acts[key][None], key, name)
     both_ids = "ids" in cand and "ids" in ref
     if both_ids and not np.array_equal(ref["ids"][None], cand["ids"][None]):
         raise InputError("ids: the dumps are of different inputs")
@@ -374,8 +389,8 @@ class _Judge:
     def check(self, key: str, layer: int | None, isolation: Isolation | None) -> Check:
         ref = self.reference.layers[key][layer]
         cand = self.candidate.layers[key][layer]
-        refuse_nan(ref, label(key, layer), "reference")
-        refuse_nan(cand, label(key, layer), "candidate")
+        refuse_nan(key, ref, label(key, layer), "reference")
+        refuse_nan(key, cand, label(key, layer), "candidate")
         if key == "logits":
             result = self.logits_check(ref, cand)
         else:
@@ -384,7 +399,7 @@ class _Judge:
             result = self.attn_check(result, layer)
         if isolation is not None and key in KEYS:
             result.alone_rtol = self.alone_tolerance(key)[0]
-            if not np.isfinite(cand).all():
+            if not finite(key, cand):
                 result.alone_rel, result.alone_ok = float("inf"), False  # wrong as it stands
             else:
                 alone, sources = isolation.isolated(key, layer)

@@ -18,8 +18,10 @@ import mmap
 import os
 import struct
 import zipfile
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -125,9 +127,23 @@ class MappedDump(dict):
     asked for again): comparing two large dumps a layer at a time then
     holds one layer of each, never both files."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         super().__init__()
         self.maps: list[mmap.mmap] = []
+        self.limit = limit
+
+    def check(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        """An array's header, before anything of it is read: numbers (not
+        Python objects), and no more values than ``limit``."""
+        if dtype.hasobject:
+            raise ValueError("it holds Python objects, which picogpt2 never unpickles")
+        count = math.prod(shape)
+        if self.limit is not None and count > self.limit:
+            raise InputError(
+                f"{key}: its header declares {list(shape)} ({count:,} values), more than the "
+                f"reference holds ({self.limit:,} at the most for one key): not a dump of this "
+                "reference's model and input"
+            )
 
     def map(self, path: Path) -> mmap.mmap | None:
         with open(path, "rb") as f:
@@ -150,42 +166,71 @@ class MappedDump(dict):
                 mapped.madvise(mmap.MADV_DONTNEED)
 
 
-def load_dump(path: Path) -> MappedDump:
+def value_limit(reference: Mapping[str, np.ndarray]) -> int:
+    """The most values one array of a candidate may hold, checked before it
+    is read: all that the reference holds, eight times over (llm.c's qkv
+    holds three of our keys, its attention every head's scores), and a
+    million more for the smallest dumps."""
+    return 8 * sum(math.prod(a.shape) for a in reference.values()) + 1_000_000
+
+
+def load_dump(path: Path, limit: int | None = None) -> MappedDump:
     """The arrays of a dump in any of the formats (or one ``KEY.npy``), as
     views of its files (``MappedDump``). Nothing is unpickled; a file that
-    cannot be read as a dump is bad input, named in one line."""
-    dump = MappedDump()
+    cannot be read as a dump is bad input, named in one line. ``limit``
+    bounds the values one array may hold: its header is checked against it
+    before anything is mapped, read or decompressed."""
+    dump = MappedDump(limit)
     try:
+        regular(path)
         if path.is_dir():
-            files = sorted(path.glob("*.npy"))
-            if not files:
-                raise InputError(f"{path}: a folder with no .npy files")
-            for file in files:
-                dump[file.stem] = _npy(dump, file, 0)
+            _npy_folder(dump, path)
         elif path.suffix == ".safetensors":
             _safetensors(dump, path)
         elif path.suffix == ".npy":
-            dump[path.stem] = _npy(dump, path, 0)
+            dump[path.stem] = _npy(dump, path, 0, path.stem)
         else:
             _npz_members(dump, path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file or folder") from None
+    except InputError:
+        raise
     except (OSError, ValueError, EOFError, WeightsError, zipfile.BadZipFile) as e:
         raise InputError(f"{path}: not a dump picogpt2 can read ({e})") from None
     return dump
 
 
-def _npy(dump: MappedDump, path: Path, start: int) -> np.ndarray:
+def _npy_folder(dump: MappedDump, path: Path) -> None:
+    files = sorted(path.glob("*.npy"))
+    if not files:
+        raise InputError(f"{path}: a folder with no .npy files")
+    for file in files:
+        regular(file)
+        dump[file.stem] = _npy(dump, file, 0, file.stem)
+
+
+def regular(path: Path) -> None:
+    """``path`` is a regular file or a folder, not a pipe or a device that
+    reading would wait on forever."""
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise InputError(f"{path}: not a regular file (a pipe, a device): name a file")
+
+
+def _npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) of the ``.npy`` that ``f`` is at."""
+    version = np.lib.format.read_magic(f)
+    header = np.lib.format.read_array_header_2_0 if version >= (2, 0) else (
+        np.lib.format.read_array_header_1_0)  # fmt: skip
+    return header(f)
+
+
+def _npy(dump: MappedDump, path: Path, start: int, key: str) -> np.ndarray:
     """The ``.npy`` that starts at byte ``start`` of ``path``."""
     with open(path, "rb") as f:
         f.seek(start)
-        version = np.lib.format.read_magic(f)
-        header = np.lib.format.read_array_header_2_0 if version >= (2, 0) else (
-            np.lib.format.read_array_header_1_0)  # fmt: skip
-        shape, fortran, dtype = header(f)
+        shape, fortran, dtype = _npy_header(f)
         offset = f.tell()
-    if dtype.hasobject:
-        raise ValueError("it holds Python objects, which picogpt2 never unpickles")
+    dump.check(key, shape, dtype)
     mapped = dump.map(path)
     needed = offset + math.prod(shape) * dtype.itemsize
     if mapped is None or needed > len(mapped):
@@ -200,16 +245,21 @@ def _npz_members(dump: MappedDump, path: Path) -> None:
         for info in archive.infolist():
             key = info.filename.removesuffix(".npy")
             if info.compress_type != zipfile.ZIP_STORED:
+                with archive.open(info) as member:  # its header first, then its data
+                    dump.check(key, *_npy_header(member)[::2])
                 with archive.open(info) as member:
-                    dump[key] = np.load(io.BytesIO(member.read()), allow_pickle=False)
+                    dump[key] = np.lib.format.read_array(member, allow_pickle=False)
                 continue
             f.seek(info.header_offset + 26)  # the local header's name and extra lengths
             name_length, extra_length = struct.unpack("<HH", f.read(4))
-            dump[key] = _npy(dump, path, info.header_offset + 30 + name_length + extra_length)
+            start = info.header_offset + 30 + name_length + extra_length
+            dump[key] = _npy(dump, path, start, key)
 
 
 def _safetensors(dump: MappedDump, path: Path) -> None:
     header, _, data_start = read_entries(path)
+    for name, info in header.items():
+        dump.check(name, tuple(info["shape"]), NAME_DTYPES[info["dtype"]])
     mapped = dump.map(path)
     for name, info in header.items():
         begin = data_start + info["data_offsets"][0]

@@ -43,6 +43,12 @@ def read_text_file(path: Path) -> str:
     return decode_utf8(data, str(path))
 
 
+def printable(name: str) -> str:
+    """A file name as text any output can hold: bytes of it that are not
+    UTF-8 (Python keeps them as lone surrogates) become U+FFFD."""
+    return os.fsencode(name).decode("utf-8", errors="replace")
+
+
 def argument_text(arg: str, what: str) -> str:
     """A command-line argument as the text its bytes spell. Python turns
     argument bytes that are not UTF-8 into lone surrogates; those are

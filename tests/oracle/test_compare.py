@@ -1,8 +1,11 @@
 """compare, as the oracle people run: it names the first operation that goes
 wrong, tells a near-tie from a bug, and returns a typed report."""
 
+import io
 import json
 import math
+import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -27,8 +30,8 @@ def test_a_candidate_holding_inf_is_not_ok_without_warnings(converted_models, tm
     assert "first over tolerance: hidden[1]" in text(r.stdout)
 
 
-def compare(*paths, extra=()):
-    return run("compare", *map(str, paths), *extra)
+def compare(*paths, extra=(), **kw):
+    return run("compare", *map(str, paths), *extra, **kw)
 
 
 def test_float32_candidate_against_float64_reference_is_ok(dumps):
@@ -196,3 +199,105 @@ def test_compare_is_a_function_with_a_typed_report(dumps):
     report = compare(ref, cand)
     assert not report.ok and report.first_wrong.key == "logits"
     assert not report.argmax.disagreements[0].near_tie  # the verdict is data, not words
+
+
+# -- #28: what a candidate may hold, checked before it is read ----------------------
+
+
+def saved(tmp_path, arrays, name="mine.npz"):
+    np.savez(tmp_path / name, **arrays)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("complex", "hidden: the candidate holds complex64 values"),
+        ("bool", "ln_f: the candidate holds bool values"),
+        ("string", "logits: the candidate holds <U1 values"),
+    ],
+)
+def test_values_that_are_not_numbers_are_bad_input(dumps, tmp_path, kind, words):
+    cand = read_npz(dumps / "float32.npz")
+    if kind == "complex":
+        cand["hidden"] = cand["hidden"] + 1000j  # judged OK before, a ComplexWarning only
+    elif kind == "bool":
+        cand["ln_f"] = cand["ln_f"] > 0
+    else:
+        cand["logits"] = np.full(cand["logits"].shape, "x")
+    one_line_error(compare(dumps / "float64.npz", saved(tmp_path, cand)), 2, words)
+
+
+@pytest.mark.parametrize("above", [-np.inf, np.nan])
+def test_what_is_never_judged_is_never_read(dumps, models, tmp_path, above):
+    # The masked_fill convention: -inf above the diagonal of the scores.
+    cand = read_npz(dumps / "float32.npz")
+    scores = cand["attn_scores"].copy()
+    scores[..., ~np.tril(np.ones(scores.shape[-2:], bool))] = above
+    cand["attn_scores"] = scores
+    model = ("--model", "tiny", "--models-dir", str(models))
+    r = compare(dumps / "float64.npz", saved(tmp_path, cand), extra=model)
+    assert r.returncode == 0, text(r.stdout) + text(r.stderr)
+    assert "blamed" not in text(r.stdout) and "OK: every shared key" in text(r.stdout)
+
+
+def test_a_one_layer_file_of_a_key_that_is_not_per_layer_is_bad_input(dumps, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    cand = read_npz(dumps / "float32.npz")
+    np.save(folder / "ids.0.npy", cand["ids"])
+    np.save(folder / "ln_f.npy", cand["ln_f"])
+    one_line_error(compare(dumps / "float64.npz", folder), 2, "ids.0", "not per layer")
+
+
+@pytest.mark.parametrize(
+    "name, array, words",
+    [
+        ("hidden", np.float32(1.0), "hidden: the candidate is [], where the reference stacks"),
+        ("hidden_states", np.float32(1.0), "hidden_states: the candidate is []"),
+        ("hidden", np.zeros(10_000_000, np.float32), "hidden: its header declares [10000000]"),
+        ("q", np.zeros((3, 4, 10, 8, 1, 1), np.float32), "q[0]: the candidate is [4, 10, 8, 1, 1]"),
+        ("qkv", np.zeros((3, 1, 10, 95), np.float32), "its width 95 is not 3 x 4 heads"),
+    ],
+)
+def test_malformed_arrays_are_named_with_their_shape(dumps, tmp_path, name, array, words):
+    r = compare(dumps / "float64.npz", saved(tmp_path, {name: array}), extra=("--json",))
+    one_line_error(r, 2, words)
+
+
+def test_a_compressed_member_is_never_decompressed_beyond_what_the_reference_holds(dumps, tmp_path):
+    path = tmp_path / "zeros.npz"
+    np.savez_compressed(path, logits=np.zeros((1 << 28,), np.float32))  # 1 GiB of zeros, 1 MB
+    r = compare(dumps / "float64.npz", path, timeout=30)
+    one_line_error(r, 2, "logits: its header declares [268435456]", "more than the reference")
+
+
+def test_a_compressed_member_whose_header_lies_about_its_size_is_refused(dumps, tmp_path):
+    header = {"descr": "<f4", "fortran_order": False, "shape": (10**13,)}
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, header)
+    member.write(b"\0" * 64)
+    path = tmp_path / "lie.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("logits.npy", member.getvalue())
+    one_line_error(compare(dumps / "float64.npz", path, timeout=30), 2, "its header declares")
+
+
+def test_a_plot_of_a_candidate_whose_name_is_not_utf8(dumps, tmp_path):
+    name = os.fsdecode(b"mine-\xff.npz")
+    cand = saved(tmp_path, read_npz(dumps / "float32.npz"), name)
+    r = compare(dumps / "float64.npz", cand, extra=("--plot", str(tmp_path / "p.svg")))
+    assert r.returncode == 0 and "Traceback" not in text(r.stderr), text(r.stderr)
+    assert "mine-\ufffd.npz" in (tmp_path / "p.svg").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("where", ["folder", "file"])
+def test_a_pipe_among_the_candidates_files_is_refused_without_waiting(dumps, tmp_path, where):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    np.save(folder / "hidden.npy", read_npz(dumps / "float32.npz")["hidden"])
+    fifo = folder / "ln_f.npy" if where == "folder" else tmp_path / "mine.npz"
+    os.mkfifo(fifo)
+    target = folder if where == "folder" else fifo
+    r = compare(dumps / "float64.npz", target, timeout=30)
+    one_line_error(r, 2, f"{fifo}: not a regular file")
