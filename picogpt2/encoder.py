@@ -88,6 +88,18 @@ def bpe(
     return parts
 
 
+def valid_text(text: str) -> str:
+    """``text`` as text that UTF-8 can hold: a Python string can hold lone
+    surrogates, which no text can; like tiktoken, we round-trip it through
+    UTF-16, which joins valid surrogate pairs and turns lone ones into
+    U+FFFD. Any other string is returned as it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 class _NeedsUnicode16(Exception):
     """Raised by the piece cache on a piece holding a Unicode 17.0 letter or
     digit: the text must be split again with ``PATTERN_UNICODE_16``."""
@@ -166,13 +178,9 @@ class Encoder:
         ``eot_token`` (50256) instead.
 
         Lone surrogates (only possible in Python strings) cannot be UTF-8
-        encoded; like tiktoken we round-trip the text through UTF-16, which
-        joins valid surrogate pairs and turns lone ones into U+FFFD.
+        encoded: see ``valid_text``.
         """
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        text = valid_text(text)
         if allowed_special == "all" or ENDOFTEXT in allowed_special:
             ids: list[int] = []
             for i, chunk in enumerate(text.split(ENDOFTEXT)):

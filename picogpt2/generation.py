@@ -65,7 +65,7 @@ class Settings:
         """The one check of a generation's settings (``InputError``)."""
         check_sampling_args(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
         seed = self.seed
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral)):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise InputError("stop strings must be non-empty text")
@@ -241,9 +241,9 @@ def stream_many(
     prompt = model.upload_ids(ids)  # [1, n_seq]
     check_generation(model.hparams, prompt.shape[1], n_tokens, n_samples, model.dtype,
                      model.backend)  # fmt: skip
-    seed = settings.seed
-    if seed is None:
-        seed = int.from_bytes(os.urandom(8), "little") >> 1
+    # A NumPy integer too, as a Python int: seed + j never wraps at 64 bits.
+    seed = int(settings.seed) if settings.seed is not None else (
+        int.from_bytes(os.urandom(8), "little") >> 1)  # fmt: skip
     samples = [
         SampleState(j, ids, seed + j, settings, model.encoder,
                     _seen(model, ids) if settings.penalized else None)

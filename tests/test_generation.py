@@ -350,3 +350,14 @@ def test_a_stop_string_given_alone_is_one_stop_string(converted_model):
     alone = converted_model.complete("", 30, top_k=50, seed=3, ignore_eot=True, stop=stop)
     listed = converted_model.complete("", 30, top_k=50, seed=3, ignore_eot=True, stop=[stop])
     assert alone == listed
+
+
+def test_numpy_integers_are_integers_everywhere(model):
+    # #28: np.int64 was refused as a seed while accepted for n_tokens.
+    as_python = model.generate([5, 17, 99], 4, top_k=5, seed=3)
+    assert (
+        model.generate([5, 17, 99], np.int64(4), top_k=np.int64(5), seed=np.int64(3)) == as_python
+    )
+    assert model.generate_many([5, 17], 3, np.int32(2), top_k=5, seed=np.uint64(2**63)) == (
+        model.generate_many([5, 17], 3, 2, top_k=5, seed=2**63)
+    )

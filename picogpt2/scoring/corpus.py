@@ -35,7 +35,7 @@ from typing import BinaryIO
 from picogpt2.util.atomic import fcntl, lock_holder
 from picogpt2.util.errors import InputError, PicoGPT2Error
 from picogpt2.util.status import quiet
-from picogpt2.util.textio import decode_utf8
+from picogpt2.util.textio import decode_utf8, parse_json
 from picogpt2.weights.locations import ModelRef
 from picogpt2.weights.params import weights_digest
 
@@ -87,7 +87,7 @@ def parse_line(number: int, raw: bytes, text_key: str, id_key: str) -> Document 
     if not raw.strip():
         return None
     try:
-        value = json.loads(decode_utf8(raw, f"line {number}"))
+        value = parse_json(decode_utf8(raw, f"line {number}"))
     except (InputError, ValueError) as e:
         return Document(number, None, error=f"not a JSON object ({str(e)[:80]})")
     if not isinstance(value, dict):
@@ -181,7 +181,7 @@ def _header_of(out: Path, data: bytes) -> dict:
     when it shows that picogpt2 wrote the file; bad input otherwise."""
     first, newline, _ = data.partition(b"\n")
     try:
-        found = json.loads(first) if newline else None
+        found = parse_json(first) if newline else None
     except ValueError:
         found = None
     if not isinstance(found, dict) or found.get(HEADER_KEY) != HEADER:
@@ -216,7 +216,7 @@ def _records_so_far(out: Path, data: bytes, header: dict[str, object]) -> set[tu
     complete = rest[: rest.rfind(b"\n") + 1]
     for number, raw in enumerate(complete.split(b"\n")[:-1], 2):
         try:
-            key = record_key(json.loads(raw))
+            key = record_key(parse_json(raw))
         except ValueError:
             key = None
         if key is None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from picogpt2.encoder import valid_text
 from picogpt2.model import GPT2
 from picogpt2.util.errors import InputError
 from picogpt2.util.memory import check_fits, scoring_bytes
@@ -98,8 +99,9 @@ def tokens_to_score(model: GPT2, text: str) -> list[int]:
 
 
 def figures(text: str, ids: list[int], nll: np.ndarray) -> dict[str, float | int]:
-    """What ``score`` reports of ``text``, from its ids and their NLLs."""
-    n_bytes = len(text.encode("utf-8"))
+    """What ``score`` reports of ``text``, from its ids and their NLLs (its
+    bytes those of the text the ids are of: ``valid_text``)."""
+    n_bytes = len(valid_text(text).encode("utf-8"))
     return {
         "tokens": len(ids),
         "nll": float(nll.mean()),

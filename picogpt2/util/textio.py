@@ -25,6 +25,16 @@ def plural(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
+def parse_json(text: str | bytes) -> object:
+    """``json.loads``, with JSON nested too deeply for Python's parser (a
+    thousand ``[``) a ``ValueError`` like any other malformed JSON, never a
+    ``RecursionError``: every reader of JSON catches it as such."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def decode_utf8(data: bytes, what: str) -> str:
     try:
         return data.decode("utf-8")
@@ -65,7 +75,7 @@ def parse_ids(text: str, what: str) -> list[int]:
     or spaces (``15496, 616`` or ``15496 616``)."""
     try:
         if text.lstrip().startswith("["):
-            values = json.loads(text)
+            values = parse_json(text)
             if not isinstance(values, list) or not all(
                 isinstance(v, int) and not isinstance(v, bool) for v in values
             ):

@@ -32,6 +32,7 @@ import numpy as np
 from picogpt2.gpt2 import Params
 from picogpt2.hparams import FIELDS, HParams
 from picogpt2.util.errors import PicoGPT2Error, WeightsError
+from picogpt2.util.textio import parse_json
 
 HPARAMS_FILE = "hparams.json"
 
@@ -197,7 +198,7 @@ def read_hparams(model_dir: str | Path) -> HParams:
     except (OSError, UnicodeDecodeError) as e:
         raise HParamsError(f"{path}: cannot read: {e}") from None
     try:
-        values = json.loads(text)
+        values = parse_json(text)
     except ValueError as e:
         raise HParamsError(f"{path}: not valid JSON ({e})") from None
     return parse_hparams(values, str(path))

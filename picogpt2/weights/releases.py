@@ -25,6 +25,7 @@ from picogpt2.hparams import SIZES
 from picogpt2.util.atomic import LOCK_FILE, atomic_write, folder_lock
 from picogpt2.util.errors import InputError, WeightsError
 from picogpt2.util.status import status
+from picogpt2.util.textio import parse_json
 from picogpt2.weights import formats, locations
 from picogpt2.weights.fetch import BACKOFF_S, RETRIES, DownloadError, fetch
 from picogpt2.weights.formats import openai
@@ -194,7 +195,7 @@ def write_marker(folder: Path, keep_original: bool) -> None:
 def read_marker(folder: Path) -> dict | None:
     """The downloader's marker of a folder, or None when it has none."""
     try:
-        marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+        marker = parse_json((folder / MARKER_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) else None
@@ -214,7 +215,7 @@ def check_small_files(folder: Path, model_size: str) -> None:
     for name in (HPARAMS_FILE, "encoder.json"):
         path = folder / name
         try:
-            value = json.loads(path.read_text(encoding="utf-8"))
+            value = parse_json(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError):
             path.unlink()
             raise DownloadError(f"{path}: not valid JSON; removed, run again to refetch") from None

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from picogpt2.util.errors import PicoGPT2Error
+from picogpt2.util.textio import parse_json
 
 ENDOFTEXT = "<|endoftext|>"
 # The two files, as OpenAI named them and as transformers does.
@@ -129,8 +130,8 @@ def _read_text(path: Path) -> str:
 
 def _read_json(path: Path) -> object:
     try:
-        return json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
+        return parse_json(_read_text(path))
+    except ValueError as e:
         raise EncoderFileError(f"{path}: not valid JSON: {e}") from None
 
 

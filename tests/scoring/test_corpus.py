@@ -372,3 +372,16 @@ def test_the_weights_digest_is_the_values_not_the_files(models, tmp_path):
     assert weights_digest(as_llmc.params) == digest  # another format, another dtype
     other = make_tiny_model(tmp_path / "other", n_ctx=64, seed=9)
     assert weights_digest(load_model(str(other), show_progress=False).params) != digest
+
+
+def test_a_text_with_a_lone_surrogate_is_scored_and_the_run_goes_on(models, tmp_path):
+    # #28: valid JSON, "\ud800" in a text raised UnicodeEncodeError in scoring:
+    # no record for that chunk, and every rerun stopped at the same document.
+    corpus = tmp_path / "in.jsonl"
+    corpus.write_text('{"id": 1, "text": "the cat \\ud800 sat"}\n{"id": 2, "text": "the dog"}\n')
+    out = tmp_path / "out.jsonl"
+    r = run("score", "--corpus", str(corpus), "--out", str(out), *tiny(models))
+    assert r.returncode == 0, text(r.stderr)
+    got = by_id(out)
+    assert set(got) == {"1", "2"} and "nll" in got["1"] and "nll" in got["2"]
+    assert got["1"]["bytes"] == len("the cat \ufffd sat".encode())  # as it is tokenized

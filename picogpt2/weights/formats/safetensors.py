@@ -37,6 +37,7 @@ from picogpt2.hparams import HParams
 from picogpt2.util.atomic import atomic_folder, atomic_write
 from picogpt2.util.crc32c import crc32c
 from picogpt2.util.errors import WeightsError
+from picogpt2.util.textio import parse_json
 from picogpt2.weights.formats.opened import HEAD, OpenedModel, fingerprint
 from picogpt2.weights.params import HPARAMS_FILE, Shapes, check_shapes, read_hparams, write_hparams
 from picogpt2.weights.vocabulary import copy_vocabulary
@@ -150,7 +151,7 @@ def _read_header(
         raise DamagedWeightsError(path, f"{size} bytes, too short for its header")
     raw = head[8 : 8 + n] + f.read(max(8 + n - len(head), 0))
     try:
-        header = json.loads(raw)
+        header = parse_json(raw)
     except ValueError:
         raise DamagedWeightsError(path, "its header is not valid JSON") from None
     if not isinstance(header, dict):
@@ -236,7 +237,7 @@ def verify(path: Path, progress: Callable[[int], None] | None = None) -> int:
             "and picogpt2 converts or downloads it again"
         )
     try:
-        expected = {name: int(value, 16) for name, value in json.loads(metadata[CRC_KEY]).items()}
+        expected = {name: int(value, 16) for name, value in parse_json(metadata[CRC_KEY]).items()}
     except (ValueError, AttributeError, TypeError):
         raise DamagedWeightsError(path, "its recorded checksums are unreadable") from None
     if expected.keys() != tensors.keys():

@@ -23,6 +23,7 @@ import numpy as np
 from picogpt2.hparams import HParams
 from picogpt2.util.atomic import atomic_folder
 from picogpt2.util.errors import FormatError
+from picogpt2.util.textio import parse_json
 from picogpt2.weights.formats import cache
 from picogpt2.weights.formats.opened import OpenedModel, fingerprint
 from picogpt2.weights.formats.safetensors import (
@@ -93,7 +94,7 @@ def detect(path: Path) -> OpenedModel | None:
 def read_config(path: Path) -> HParams:
     """GPT-2's sizes from ``config.json`` (``path``)."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise FormatError(f"{path}: not a readable transformers config ({e})") from None
     if not isinstance(config, dict) or config.get("model_type") != "gpt2":
@@ -135,7 +136,7 @@ def weight_files(folder: Path) -> list[Path]:
     index = folder / INDEX_FILE
     if index.is_file():
         try:
-            names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            names = set(parse_json(index.read_text(encoding="utf-8"))["weight_map"].values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise FormatError(f"{index}: not a readable shard index ({e})") from None
         for name in sorted(names, key=str):
