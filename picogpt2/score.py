@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from picogpt2.cli.arguments import (
     Parser,
@@ -150,6 +152,8 @@ def check_corpus_arguments(args: argparse.Namespace, ref: ModelRef) -> None:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
     if args.scheduler is not None and args.workers != 1:
         raise InputError("--workers is for this machine; a cluster's workers are its own")
+    if args.scheduler is not None:
+        check_scheduler_address(args.scheduler)
     check_out(args.out, args.corpus)
 
 
@@ -163,8 +167,60 @@ class Workers:
     close: Callable[[], object] = lambda: None
 
 
+SCHEDULER_SCHEMES = ("tcp", "tls")  # the addresses dask scheduler listens on
+ANSWER_S = 10  # a Dask scheduler speaks first, at once: this long, and it is not one
+
+
+def check_scheduler_address(address: str) -> None:
+    """``address`` names a Dask scheduler (``tcp://HOST:PORT``, as ``dask
+    scheduler`` prints it): bad input otherwise, before anything else."""
+    if not address:
+        raise InputError("--scheduler is empty: give tcp://HOST:PORT, as dask scheduler prints it")
+    parts = urlsplit(address)
+    if parts.scheme in ("http", "https"):
+        raise InputError(
+            f"--scheduler {address!r}: the dashboard's http:// address is not the scheduler's: "
+            "give tcp://HOST:PORT, as dask scheduler prints it"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in SCHEDULER_SCHEMES or not parts.hostname:
+        raise InputError(
+            f"--scheduler {address!r} is not a scheduler's address: give tcp://HOST:PORT, as "
+            "dask scheduler prints it"
+        )
+    if port is None:
+        raise InputError(f"--scheduler {address!r} has no port: give tcp://HOST:PORT")
+
+
+def probe_scheduler(address: str) -> None:
+    """Something at ``address`` answers as a Dask scheduler: it sends its
+    handshake as soon as a connection opens. Dask's own client waits for
+    ever on a port that accepts and never answers (a dashboard's, say), so
+    this is asked first, with a deadline of its own."""
+    parts = urlsplit(address)
+    if parts.scheme != "tcp":  # TLS speaks only after its own handshake
+        return
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=ANSWER_S) as s:
+            s.settimeout(ANSWER_S)
+            first = s.recv(4096)
+    except TimeoutError:
+        first = b""
+    except OSError as e:
+        raise PicoGPT2Error(f"cannot reach the Dask scheduler at {address}: {e}") from None
+    if b"pickle-protocol" not in first:
+        raise PicoGPT2Error(
+            f"{address} does not answer as a Dask scheduler (within {ANSWER_S} s): is it the "
+            "address dask scheduler printed, not its dashboard's?"
+        )
+
+
 def cluster(address: str) -> Workers:
     """The Dask cluster at ``address``."""
+    probe_scheduler(address)
     try:
         from distributed import Client
         from distributed import as_completed as dask_completed

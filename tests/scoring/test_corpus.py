@@ -385,3 +385,46 @@ def test_a_text_with_a_lone_surrogate_is_scored_and_the_run_goes_on(models, tmp_
     got = by_id(out)
     assert set(got) == {"1", "2"} and "nll" in got["1"] and "nll" in got["2"]
     assert got["1"]["bytes"] == len("the cat \ufffd sat".encode())  # as it is tokenized
+
+
+# -- #28: --scheduler: one line within seconds, whatever is given ------------------
+
+
+@pytest.mark.parametrize(
+    "address, words",
+    [
+        ("foo", "--scheduler 'foo' is not a scheduler's address"),
+        ("", "--scheduler is empty"),
+        ("http://127.0.0.1:8787/status", "the dashboard's http:// address is not"),
+        ("tcp://127.0.0.1", "no port"),
+    ],
+)
+def test_a_scheduler_address_that_is_none_is_exit_2(models, tmp_path, address, words):
+    corpus = write_corpus(tmp_path / "in.jsonl", ["the cat sat"])
+    out = tmp_path / "out.jsonl"
+    r = run("score", "--corpus", str(corpus), "--out", str(out), "--scheduler", address,
+            *tiny(models), timeout=60)  # fmt: skip
+    one_line_error(r, 2, words)
+    assert not out.exists()
+
+
+def test_a_port_that_accepts_and_never_answers_is_one_line_within_seconds(models, tmp_path):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the kernel does), never says a word: a dashboard's port
+    address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+    corpus = write_corpus(tmp_path / "in.jsonl", ["the cat sat"])
+    start = time.monotonic()
+    r = run("score", "--corpus", str(corpus), "--out", str(tmp_path / "out.jsonl"),
+            "--scheduler", address, *tiny(models), timeout=90)  # fmt: skip
+    silent.close()
+    one_line_error(r, 1, address, "does not answer as a Dask scheduler")
+    assert time.monotonic() - start < 40
+
+
+def test_a_scheduler_that_is_not_there_is_one_line(models, tmp_path):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    corpus = write_corpus(tmp_path / "in.jsonl", ["the cat sat"])
+    r = run("score", "--corpus", str(corpus), "--out", str(tmp_path / "out.jsonl"),
+            "--scheduler", address, *tiny(models), timeout=90)  # fmt: skip
+    one_line_error(r, 1, f"cannot reach the Dask scheduler at {address}")
