@@ -51,6 +51,16 @@ class Mirror:
         path = self.root / h.path.lstrip("/")
         if fault in ("404", "500") or not path.is_file():
             h.send_error(503 if fault == "500" else 404)
+        elif fault == "endless":  # a body that never ends, without a length
+            h.send_response(200)
+            h.send_header("Content-Type", "application/octet-stream")
+            h.end_headers()
+            try:
+                for _ in range(1 << 16):  # 4 GB at the most: the client stops first
+                    h.wfile.write(b" " * 65536)
+            except OSError:
+                pass
+            h.close_connection = True
         elif fault == "html":
             body = b"<!DOCTYPE html><html><body>Sign in to continue</body></html>"
             h.send_response(200)

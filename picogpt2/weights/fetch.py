@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,6 +38,10 @@ RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.Chu
 
 class DownloadError(PicoGPT2Error, RuntimeError):
     """A download failed for a reason worth one line to the user."""
+
+
+class TooLarge(DownloadError):
+    """A server sends more than the file can be."""
 
 
 def looks_like_error_page(first_bytes: bytes, content_type: str) -> bool:
@@ -78,6 +82,7 @@ def fetch(
     url: str,
     dest: Path,
     *,
+    max_size: int,
     extra_space: int = 0,
     retries: int = RETRIES,
     backoff: float = BACKOFF_S,
@@ -85,13 +90,15 @@ def fetch(
 ) -> None:
     """Stream ``url`` to ``dest``, resuming ``dest.part`` and retrying with
     exponential backoff on interrupted transfers and 5xx replies.
+    ``max_size`` is the most bytes the file can be (what it is says so): a
+    server that says or sends more is refused, the transfer stopped there.
     ``extra_space`` is disk needed beyond the file itself (a conversion's
     copy)."""
     http = session or requests.Session()
     part = dest.with_name(dest.name + ".part")
     for attempt in itertools.count(1):
         try:
-            transfer(http, url, part, extra_space)
+            transfer(http, url, part, max_size, extra_space)
             os.replace(part, dest)
             return
         except RETRYABLE as e:
@@ -104,34 +111,60 @@ def fetch(
             time.sleep(backoff * 2 ** (attempt - 1))
 
 
-def transfer(http: requests.Session, url: str, part: Path, extra_space: int) -> None:
+def transfer(http: requests.Session, url: str, part: Path, max_size: int, extra_space: int) -> None:
     """One request: append the rest of ``url`` to ``part`` (all of it when
     ``part`` is empty or the server ignores the Range asked for)."""
     have = resume_point(part)
     headers = {"Range": f"bytes={have}-"} if have else {}
     with http.get(url, headers=headers, stream=True, timeout=TIMEOUT_S) as reply:
-        if reply.status_code == 416:  # our partial file is not a prefix of theirs
-            part.unlink()
-            raise requests.ConnectionError("the server cannot resume this file; starting over")
-        if reply.status_code >= 500:
-            raise requests.ConnectionError(f"HTTP {reply.status_code} from {url}")
-        if reply.status_code not in (200, 206):
-            raise DownloadError(f"HTTP {reply.status_code} {reply.reason} for {url}")
+        check_status(reply, url, part)
         if reply.status_code == 200:
             have = 0  # the whole file, from the start
         length = reply.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         name = part.name[: -len(".part")]
+        if total is not None and total > max_size:
+            raise DownloadError(too_large(url, f"says it is {total:,} bytes", max_size))
         if total is not None:
             check_disk_space(part.parent, total - have + extra_space, name)
         chunks = reply.iter_content(CHUNK)
         first = next(chunks, b"")
         if have == 0 and looks_like_error_page(first, reply.headers.get("Content-Type", "")):
             raise DownloadError(f"{url} returned an HTML/XML page, not a model file")
-        write_body(part, have, chain([first], chunks), Progress(name, total, have))
+        body = capped(chain([first], chunks), max_size - have, url, max_size)
+        try:
+            write_body(part, have, body, Progress(name, total, have))
+        except TooLarge:
+            part.unlink(missing_ok=True)  # none of it is the file: nothing to resume
+            raise
     size = part.stat().st_size
     if total is not None and size != total:
         raise requests.ConnectionError(f"got {size} of {total} bytes")
+
+
+def too_large(url: str, what: str, max_size: int) -> str:
+    return f"{url} {what}, more than the file can be ({max_size:,} bytes): check --base-url"
+
+
+def capped(chunks: Iterable[bytes], room: int, url: str, max_size: int) -> Iterator[bytes]:
+    """``chunks``, up to ``room`` bytes: past it, the transfer stops."""
+    for chunk in chunks:
+        room -= len(chunk)
+        if room < 0:
+            raise TooLarge(too_large(url, "sends more", max_size))
+        yield chunk
+
+
+def check_status(reply: requests.Response, url: str, part: Path) -> None:
+    """A reply worth reading (200, 206); one worth a retry raises
+    ``requests.ConnectionError``; any other, ``DownloadError``."""
+    if reply.status_code == 416:  # our partial file is not a prefix of theirs
+        part.unlink()
+        raise requests.ConnectionError("the server cannot resume this file; starting over")
+    if reply.status_code >= 500:
+        raise requests.ConnectionError(f"HTTP {reply.status_code} from {url}")
+    if reply.status_code not in (200, 206):
+        raise DownloadError(f"HTTP {reply.status_code} {reply.reason} for {url}")
 
 
 def resume_point(part: Path) -> int:

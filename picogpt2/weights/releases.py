@@ -35,6 +35,7 @@ from picogpt2.weights.params import HPARAMS_FILE
 
 SMALL_FILES = [HPARAMS_FILE, "encoder.json", "vocab.bpe", "checkpoint", "model.ckpt.index"]
 SHARD_FILE = "model.ckpt.data-00000-of-00001"
+SMALL_FILE_MAX = 8 << 20  # the most any small file can be (encoder.json is 1 MB)
 MARKER_FILE = "download.json"  # written by the downloader: the folder is its to finish
 
 
@@ -133,8 +134,10 @@ def _download(
             http = requests.Session()
 
             def get(name: str, extra_space: int = 0) -> None:
-                fetch(f"{base}/{model_size}/{name}", folder / name, extra_space=extra_space,
-                      retries=retries, backoff=backoff, session=http)  # fmt: skip
+                max_size = index_data_size(folder) if name == SHARD_FILE else SMALL_FILE_MAX
+                fetch(f"{base}/{model_size}/{name}", folder / name, max_size=max_size,
+                      extra_space=extra_space, retries=retries, backoff=backoff,
+                      session=http)  # fmt: skip
 
             step = next_step(folder, *found(folder))  # again: another process may have done it
             if step in (FETCH, CONVERT):

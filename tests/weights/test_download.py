@@ -347,3 +347,16 @@ def test_damaged_released_model_is_not_downloaded_again_silently(converted_model
     env = catalogue_env(tmp_path, "124M", json.loads((folder / "hparams.json").read_text()))
     r = run("generate", "hi", "--n-tokens", "2", "--models-dir", str(tmp_path), env=env)
     one_line_error(r, 1, "is damaged", "delete it, and picogpt2 downloads GPT-2 124M again")
+
+
+@pytest.mark.parametrize("name", ["hparams.json", "encoder.json", SHARD_FILE])
+def test_a_body_that_never_ends_stops_at_what_the_file_can_be(served, env, tmp_path, name):
+    # #28: the .part of a 73-byte file grew until the disk was full.
+    m, _ = served
+    m.faults[name] = ["endless"] * 10
+    models = tmp_path / "models"
+    r = run("download", "124M", "--models-dir", str(models), "--base-url", m.url,
+            "--retries", "1", env=env, timeout=120)  # fmt: skip
+    one_line_error(r, 1, name, "more than")
+    parts = list(models.rglob("*.part")) if models.exists() else []
+    assert all(p.stat().st_size <= 16 << 20 for p in parts)
