@@ -12,6 +12,7 @@ load time, so the algorithm below works on bytes and reads as it is defined.
 from __future__ import annotations
 
 import codecs
+import heapq
 from collections.abc import Collection, Iterable
 from itertools import chain
 from pathlib import Path
@@ -63,29 +64,42 @@ Merge = tuple[int, bytes, bytes]  # (rank, first, second)
 def bpe(
     word: bytes, ranks: dict[tuple[bytes, bytes], int], steps: list[Merge] | None = None
 ) -> list[bytes]:
-    """Merge a piece's bytes by rank: the lowest-ranked adjacent pair first,
-    every occurrence of it left to right, until no adjacent pair is ranked.
-    ``steps``, when given, receives each merge in the order it is made."""
-    parts = [word[i : i + 1] for i in range(len(word))]
-    while len(parts) > 1:
-        pairs = zip(parts, parts[1:], strict=False)
-        best = min(pairs, key=lambda pair: ranks.get(pair, float("inf")))
-        if best not in ranks:
-            break
-        first, second = best
-        if steps is not None:
-            steps.append((ranks[best], first, second))
-        merged: list[bytes] = []
-        i = 0
-        while i < len(parts):
-            if i < len(parts) - 1 and parts[i] == first and parts[i + 1] == second:
-                merged.append(first + second)
-                i += 2
-            else:
-                merged.append(parts[i])
-                i += 1
-        parts = merged
-    return parts
+    """Merge a piece's bytes by rank: the lowest-ranked adjacent pair first
+    (the leftmost of equals), until no adjacent pair is ranked. ``steps``,
+    when given, receives each merge made, once per pass over the piece (all
+    the pair's places at once, as OpenAI's encoder makes them).
+
+    Merging changes only the pairs beside it, so the ranked pairs wait in a
+    heap, (rank, place), and each merge pushes the two it makes: a piece of
+    n bytes takes O(n log n), not O(n^2) (a 20,000-letter piece, a base64
+    blob, takes milliseconds). A pair the heap holds is still there when both
+    its parts are as they were (``parts[i]`` is None once merged away)."""
+    parts: list[bytes | None] = [word[i : i + 1] for i in range(len(word))]
+    after = list(range(1, len(word) + 1))  # the next part's place (len(word): none)
+    before = list(range(-1, len(word) - 1))  # the previous part's place (-1: none)
+    pairs = zip(parts, parts[1:], strict=False)
+    heap = [(ranks[pair], i) for i, pair in enumerate(pairs) if pair in ranks]
+    heapq.heapify(heap)
+
+    def push(i: int) -> None:  # the pair starting at part i, when there is one and it is ranked
+        j = after[i] if i >= 0 else len(word)
+        if j < len(word) and (parts[i], parts[j]) in ranks:
+            heapq.heappush(heap, (ranks[parts[i], parts[j]], i))
+
+    while heap:
+        rank, i = heapq.heappop(heap)
+        j = after[i]
+        if parts[i] is None or j >= len(word) or ranks.get((parts[i], parts[j])) != rank:
+            continue  # gone: a merge beside it changed one of its parts
+        if steps is not None and (not steps or steps[-1][0] != rank):
+            steps.append((rank, parts[i], parts[j]))
+        parts[i], parts[j] = parts[i] + parts[j], None
+        after[i] = after[j]
+        if after[j] < len(word):
+            before[after[j]] = i
+        push(before[i])
+        push(i)
+    return [part for part in parts if part is not None]
 
 
 def valid_text(text: str) -> str:

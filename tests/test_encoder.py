@@ -1,6 +1,7 @@
 """GPT-2's byte-level BPE: ids equal to tiktoken's on any string (the real
 vocabulary from ../shared), decoding exact, the cache bounded."""
 
+import base64
 import json
 import random
 
@@ -306,3 +307,53 @@ def test_vocabulary_file_that_is_not_utf8_is_named(tmp_path, name):
     (tmp_path / name).write_bytes((tmp_path / name).read_bytes() + b"\n\xe9\xff")
     with pytest.raises(EncoderFileError, match=rf"{name}: not UTF-8 text \(byte \d+\)"):
         load_encoder(tmp_path)
+
+
+# -- #28: BPE in O(n log n), the same ids ------------------------------------------
+
+
+def reference_bpe(word, ranks, steps):
+    """OpenAI's encoder's loop, as the teaching version: the lowest-ranked
+    pair, every place of it left to right, until none is ranked."""
+    parts = [word[i : i + 1] for i in range(len(word))]
+    while len(parts) > 1:
+        pairs = zip(parts, parts[1:], strict=False)
+        best = min(pairs, key=lambda pair: ranks.get(pair, float("inf")))
+        if best not in ranks:
+            break
+        steps.append((ranks[best], *best))
+        merged, i = [], 0
+        while i < len(parts):
+            if i < len(parts) - 1 and (parts[i], parts[i + 1]) == best:
+                merged.append(parts[i] + parts[i + 1])
+                i += 2
+            else:
+                merged.append(parts[i])
+                i += 1
+        parts = merged
+    return parts
+
+
+def test_the_heap_merges_as_the_teaching_loop_does(real_encoder):
+    from picogpt2.encoder import bpe
+
+    rng = random.Random(7)
+    alphabets = ["abcdefghijklmnopqrstuvwxyz", "aaab", "ACGT", "0123456789+/=abcXYZ", " \n\t"]
+    for _ in range(400):
+        word = "".join(rng.choice(rng.choice(alphabets)) for _ in range(rng.randint(1, 60)))
+        data = word.encode()
+        ours, theirs = [], []
+        assert bpe(data, real_encoder.ranks, ours) == reference_bpe(
+            data, real_encoder.ranks, theirs
+        )
+        assert ours == theirs, word
+
+
+@pytest.mark.parametrize("alphabet", ["abcdefghijklmnopqrstuvwxyz", "ACGT", "base64"])
+def test_long_pieces_are_tiktokens_ids_in_milliseconds(real_encoder, tiktoken_gpt2, alphabet):
+    rng = random.Random(3)
+    if alphabet == "base64":
+        text = base64.b64encode(rng.randbytes(15_000)).decode()
+    else:
+        text = "".join(rng.choice(alphabet) for _ in range(20_000))
+    assert real_encoder.encode(text) == tiktoken_gpt2.encode_ordinary(text)

@@ -2,12 +2,11 @@
 vocabulary of any model folder."""
 
 import json
+import random
 
 import pytest
 from mirror import one_line_error, run, text
-from tiny import (
-    make_tiny_model,
-)
+from tiny import make_tiny_model
 
 from picogpt2.encoder import load_encoder
 
@@ -84,3 +83,15 @@ def test_tokens_bad_input(models, extra, status, words):
         else tokens(*extra, "--model-size", "tiny", "--models-dir", str(models))
     )
     one_line_error(r, status, words)
+
+
+def test_a_piece_of_200000_letters_is_no_unbounded_work(tmp_path, real_dir, tiktoken_gpt2):
+    # #28: BPE was quadratic in a piece's length: 20,000 letters took 51 s,
+    # so 200,000 would take hours; a base64 blob or a DNA string is one piece.
+    rng = random.Random(5)
+    blob = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(200_000))
+    (tmp_path / "blob.txt").write_text(blob)
+    r = run("tokens", "--file", str(tmp_path / "blob.txt"), "--vocab-dir", str(real_dir),
+            timeout=60)  # fmt: skip
+    assert r.returncode == 0, text(r.stderr)
+    assert json.loads(r.stdout) == tiktoken_gpt2.encode_ordinary(blob)
