@@ -2,6 +2,7 @@
 out, OpenAI's layout out, and the conformance fixture."""
 
 import json
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -416,3 +417,14 @@ def test_an_llmc_file_without_a_vocabulary_is_refused_before_any_conversion(
     r = run("generate", "x", "--model-size", str(path))
     one_line_error(r, 1, "no encoder.json and vocab.bpe beside it", "--encoder-dir")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin"]
+
+
+def test_a_shard_that_is_a_pipe_is_refused_without_waiting(converted_models, tmp_path):
+    folder = export(converted_models, "hf", tmp_path / "hf")
+    (folder / "model.safetensors").rename(folder / "model-1.safetensors")
+    os.mkfifo(folder / "model-2.safetensors")
+    weight_map = {"transformer.wte.weight": "model-1.safetensors", "transformer.wpe.weight":
+                  "model-2.safetensors"}  # fmt: skip
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    r = run("generate", "the cat", "--model-size", str(folder), timeout=60)
+    one_line_error(r, 1, "'model-2.safetensors', which is not a file in")

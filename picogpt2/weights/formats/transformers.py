@@ -140,7 +140,10 @@ def weight_files(folder: Path) -> list[Path]:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise FormatError(f"{index}: not a readable shard index ({e})") from None
         for name in sorted(names, key=str):
-            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            plain = (
+                isinstance(name, str) and Path(name).name == name and name not in ("", ".", "..")
+            )
+            if not plain or (folder / name).exists() and not (folder / name).is_file():
                 raise FormatError(
                     f"{index}: names the shard {name!r}, which is not a file in {folder}"
                 )
