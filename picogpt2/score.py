@@ -262,14 +262,19 @@ def score_corpus(args: argparse.Namespace, ref: ModelRef) -> int:
     use_loaded(spec, model)  # scoring in this process: the model it has
     settings = {"model": ref.name, "weights": weights, "dtype": args.dtype, "stride": stride,
                 "text_key": args.text_key, "id_key": args.id_key}  # fmt: skip
-    with records_file(args.out, records_header(settings)) as (out, done):
-        return score_documents(args, docs, spec, out, done)
+    where = workers(args)  # reached before the records file is made
+    try:
+        with records_file(args.out, records_header(settings)) as (out, done):
+            return score_documents(args, docs, spec, where, out, done)
+    finally:
+        where.close()
 
 
-def score_documents(args: argparse.Namespace, docs: list, spec: Spec, out, done: set) -> int:
-    """Score the documents ``out`` does not hold yet, where ``args`` says."""
+def score_documents(
+    args: argparse.Namespace, docs: list, spec: Spec, where: Workers, out, done: set
+) -> int:
+    """Score the documents ``out`` does not hold yet, ``where`` says."""
     before = len(done & {d.key for d in docs})
-    where = workers(args)
     todo = len(docs) - before
     progress = Progress("scored", todo, unit="documents", scale=1)
     start = time.perf_counter()
@@ -280,10 +285,7 @@ def score_documents(args: argparse.Namespace, docs: list, spec: Spec, out, done:
         progress.update(writer.documents - progress.done)
 
     writer = Writer(out, done)
-    try:
-        run(docs, spec, writer, where.submit, where.finished, advance)
-    finally:
-        where.close()
+    run(docs, spec, writer, where.submit, where.finished, advance)
     seconds = time.perf_counter() - start
     status(
         f"scored {plural(writer.documents, 'document')} ({writer.tokens:,} tokens) in "

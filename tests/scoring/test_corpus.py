@@ -420,6 +420,7 @@ def test_a_port_that_accepts_and_never_answers_is_one_line_within_seconds(models
     silent.close()
     one_line_error(r, 1, address, "does not answer as a Dask scheduler")
     assert time.monotonic() - start < 40
+    assert not (tmp_path / "out.jsonl").exists()  # no records file without a cluster
 
 
 def test_a_scheduler_that_is_not_there_is_one_line(models, tmp_path):
