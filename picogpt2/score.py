@@ -143,7 +143,7 @@ def check_out(out: Path, corpus: Path) -> None:
     check_records_file(out)
 
 
-def check_corpus_arguments(args: argparse.Namespace, ref: ModelRef) -> None:
+def check_corpus_arguments(args: argparse.Namespace) -> None:
     if args.out is None:
         raise InputError("--corpus needs --out OUT.jsonl, where the records go")
     if args.file is not None or args.json:
@@ -250,7 +250,7 @@ def workers(args: argparse.Namespace) -> Workers:
 
 
 def score_corpus(args: argparse.Namespace, ref: ModelRef) -> int:
-    check_corpus_arguments(args, ref)
+    check_corpus_arguments(args)
     docs = read_corpus(args.corpus, args.text_key, args.id_key)  # before any work
     # The model is loaded here once (fetched and converted, if it must be):
     # what every worker loads is checked to be these weights.

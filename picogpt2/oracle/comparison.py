@@ -204,13 +204,11 @@ def compare(
     report = Report(judge.mode, candidate.notes, checks, isolation is not None, rtol is not None)
     logits = _logits(reference, candidate)
     if logits is not None:
-        report.argmax = argmax_report(*logits, judge.tolerance("logits"))
+        report.argmax = argmax_report(*logits, judge.tolerance())
         report.distributions = distribution_summary(*logits)
         release()
     if "gen_ids" in candidate.layers:
-        report.generation = generation_report(
-            flat(reference), flat(candidate), judge.tolerance("logits")
-        )
+        report.generation = generation_report(flat(reference), flat(candidate), judge.tolerance())
     return report
 
 
@@ -371,7 +369,9 @@ class _Judge:
         self.mode = f"{precision} vs {ref_precision}"
         self.rtol_override, self.atol = rtol, atol
 
-    def tolerance(self, key: str) -> tuple[float, float]:
+    def tolerance(self) -> tuple[float, float]:
+        """(rtol, atol) against the reference, the same for every key
+        (``activations.py``: ``RTOL32``, doubled when both round, or ``RTOL64``)."""
         if self.rtol_override is not None:
             return self.rtol_override, self.atol
         if self.mode == "float64 vs float64":
@@ -394,7 +394,7 @@ class _Judge:
         if key == "logits":
             result = self.logits_check(ref, cand)
         else:
-            result = verdict(key, layer, ref, cand, self.tolerance(key), **how(key, ref))
+            result = verdict(key, layer, ref, cand, self.tolerance(), **how(key, ref))
         if key == "attn":
             result = self.attn_check(result, layer)
         if isolation is not None and key in KEYS:
@@ -419,18 +419,18 @@ class _Judge:
         _, scale, _ = measure(scores, scores, mask=causal(scores))
         if scale <= 1:
             return result
-        rtol, atol = self.tolerance("attn")
+        rtol, atol = self.tolerance()
         result.ok = result.max_abs <= atol + rtol * scale
         result.max_rel = result.max_abs / scale
         result.note = f"relative to the scores' largest value, {scale:.3g}"
         return result
 
     def logits_check(self, ref: np.ndarray, cand: np.ndarray) -> Check:
-        raw = verdict("logits", None, ref, cand, self.tolerance("logits"))
+        raw = verdict("logits", None, ref, cand, self.tolerance())
         if not np.isfinite(cand).all():  # no log-softmax of an infinity: wrong as it stands
             raw.note = "not finite, so no log-softmax"
             return raw
-        result = verdict("logits", None, ref, cand, self.tolerance("logits"), transform=log_softmax)
+        result = verdict("logits", None, ref, cand, self.tolerance(), transform=log_softmax)
         result.note = f"log-softmax; raw {raw.max_rel:.1e}"
         return result
 

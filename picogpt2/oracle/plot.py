@@ -48,7 +48,7 @@ def svg(c: Report, title: str) -> str:
         return TOP + plot_h * (HIGH - value) / (HIGH - LOW)
 
     parts = [_frame(width, title, c), *_axis(width, y), *_blocks(checks, x, y)]
-    parts += _series(checks, x, y, c)
+    parts += _series(checks, x, y)
     parts += _marks(checks, x, y, c)
     parts.append(_legend(width, c.isolated))
     body = "\n".join(parts)
@@ -114,7 +114,7 @@ def _block_lines(checks: list[Check], x, y, named: bool) -> list[str]:
     return out
 
 
-def _tip(check: Check, c: Report) -> str:
+def _tip(check: Check) -> str:
     text = (f"{check.label}: {describe(check.key, check.layer)}; {check.max_rel:.2e} of its "
             f"largest value (tolerance {check.rtol:.0e})")  # fmt: skip
     if check.alone_rel is not None:
@@ -122,20 +122,20 @@ def _tip(check: Check, c: Report) -> str:
     return escape(text)
 
 
-def _series(checks: list[Check], x, y, c: Report) -> list[str]:
+def _series(checks: list[Check], x, y) -> list[str]:
     carried = [(x(i), y(ratio(ch.max_rel, ch.rtol))) for i, ch in enumerate(checks)]
     out = [f'<polyline fill="none" stroke="{CARRIED}" stroke-width="1.5" points="'
            + " ".join(f"{a:.1f},{b:.1f}" for a, b in carried) + '"/>']  # fmt: skip
     for (cx, cy), check in zip(carried, checks, strict=True):
         fill = CARRIED if check.ok else WRONG
         out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.2" fill="{fill}">'
-                   f"<title>{_tip(check, c)}</title></circle>")  # fmt: skip
+                   f"<title>{_tip(check)}</title></circle>")  # fmt: skip
         alone = ratio(check.alone_rel, check.alone_rtol)
         if alone is not None:
             fill = ALONE if check.alone_ok else WRONG
             out.append(f'<rect x="{cx - 3:.1f}" y="{y(alone) - 3:.1f}" width="6" height="6" '
                        f'fill="none" stroke="{fill}" stroke-width="1.5">'
-                       f"<title>{_tip(check, c)}</title></rect>")  # fmt: skip
+                       f"<title>{_tip(check)}</title></rect>")  # fmt: skip
     return out
 
 
