@@ -348,7 +348,7 @@ def _logits(reference: Activations, candidate: Activations) -> tuple | None:
     """The two logits, when both hold them and the candidate's are finite."""
     ref = reference.layers.get("logits", {}).get(None)
     cand = candidate.layers.get("logits", {}).get(None)
-    if ref is None or cand is None or not np.isfinite(cand).all():
+    if ref is None or cand is None or not finite("logits", cand):
         return None
     return ref, cand
 
@@ -427,7 +427,7 @@ class _Judge:
 
     def logits_check(self, ref: np.ndarray, cand: np.ndarray) -> Check:
         raw = verdict("logits", None, ref, cand, self.tolerance())
-        if not np.isfinite(cand).all():  # no log-softmax of an infinity: wrong as it stands
+        if not finite("logits", cand):  # no log-softmax of an infinity: wrong as it stands
             raw.note = "not finite, so no log-softmax"
             return raw
         result = verdict("logits", None, ref, cand, self.tolerance(), transform=log_softmax)
