@@ -1,23 +1,27 @@
-"""How far an honest float32 GPT-2 lands from our float64 reference: the
-figures behind compare's float32 tolerance (2e-5 of each tensor's largest
-magnitude, per layer).
+"""How compare's verdicts land, both ways: correct implementations against
+the rounding bounds (``picogpt2/oracle/rounding.py``) and the end-to-end
+tolerance, and subtle bugs against the same bounds.
 
-    python benchmarks/calibrate_float32.py [--size 124M] [--tokens 10,64] [--layers 12]
+    python benchmarks/calibrate_float32.py [--lengths 16,256,1024] [--layers 2] [--vocab 2048]
 
-Three float32 forward passes are measured against our float64 pass, over
-random weights with the size's real shapes (the error depends on the shapes
-and the magnitudes, not on trained values):
+Random weights with 124M's widths (the errors depend on the shapes and the
+magnitudes, not on trained values; the vocabulary is cut, since no sum
+runs over it). Every candidate is judged as ``compare --model`` judges it,
+in process, against our float64 pass:
 
-- ``ours``: picogpt2's float32 pass (NumPy's BLAS sums in blocks and pairs);
-- ``naive``: the same math with every sum taken left to right in float32,
-  as the simplest C loop does (matrix products, layer norm means, softmax
-  sums, attention);
-- ``naive64``: the same loops accumulating in float64, rounding
-  each result to float32 once.
+- clean: ``blas`` (our float32 pass: BLAS's blocked sums), ``pairwise``
+  (every sum pairwise, as NumPy's ``sum``), ``left`` (every sum left to
+  right in float32, as the simplest C loop), ``left64`` (left to right,
+  accumulated in float64, rounded once), ``f64`` (left to right in
+  float64, judged as float64); each with every key, and ``sparse`` with
+  only ``hidden``, ``ln_f`` and ``logits`` (each block judged as one span);
+- bugs: the four subtle ones of docs/oracle.md and the eleven of the
+  tests, each in our float32 pass.
 
-The table gives, per key, the largest relative error over the layers
-(max |d| / max |reference|, as compare measures it) and its margin to the
-tolerance.
+A clean row's figure is its worst margin (error over bound, over every
+element of every key; under 1 passes); a bug's is its margin at the
+operation blamed (over 1 is caught). The end-to-end column is the worst
+carried error over its tolerance.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,168 +39,153 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from ports import (  # noqa: E402
+    LeftToRight,
+    Pairwise,
+    eps_outside,
+    eps_small,
+    exact_gelu,
+    gelu_cubic,
+    scale_half,
+    thirds,
+    traced,
+    unbiased,
+    wpe_shift,
+    zero_bias,
+)
 from tiny import tiny_tensors  # noqa: E402
 
-from picogpt2 import gpt2  # noqa: E402
-from picogpt2.activations import BLOCK, RTOL32, forward_order  # noqa: E402
-from picogpt2.gpt2 import log_softmax  # noqa: E402
-from picogpt2.hparams import SIZES  # noqa: E402
-from picogpt2.oracle.comparison import measure  # noqa: E402
-from picogpt2.oracle.isolation import Isolation  # noqa: E402
-from picogpt2.state import Trace  # noqa: E402
+from picogpt2.hparams import SIZES, HParams  # noqa: E402
+from picogpt2.oracle.comparison import Model, compare  # noqa: E402
 from picogpt2.weights.params import map_params, params_from_tensors  # noqa: E402
 
-KEYS = ["hidden", *(k.name for k in BLOCK), "ln_f", "logits"]
+SPARSE = ("ids", "hidden", "ln_f", "logits")
 
 
-def sequential_sum(products: np.ndarray, axis: int, accumulate: np.dtype) -> np.ndarray:
-    """Sum along ``axis`` left to right in ``accumulate``, rounded to float32."""
-    return np.cumsum(products, axis=axis, dtype=accumulate).take(-1, axis=axis).astype(np.float32)
+BUGS: dict[str, tuple[dict, Callable | None]] = {  # name -> (gpt2.py patches, weight edit)
+    "gelu 0.0447": ({"gelu": gelu_cubic}, None),
+    "eps 1e-6": ({"layer_norm": eps_small}, None),
+    "scale in float16": ({"attention_scores": scale_half}, None),
+    "wpe off by one": ({}, wpe_shift),
+    "gelu constant": ({"SQRT_2_OVER_PI": math.sqrt(2.0 / 3.14)}, None),
+    "gelu erf": ({"gelu": exact_gelu}, None),
+    "unbiased variance": ({"layer_norm": unbiased}, None),
+    "eps outside": ({"layer_norm": eps_outside}, None),
+    "scale 1/head_dim": (
+        {"attention_scores": lambda q, k: q @ np.swapaxes(k, -1, -2) / q.shape[-1]},
+        None,
+    ),  # fmt: skip
+    "q k swapped": ({}, thirds((1, 0, 2))),
+    "k v swapped": ({}, thirds((0, 2, 1))),
+    "no c_attn bias": ({}, zero_bias("attn", "c_attn")),
+    "no attn c_proj bias": ({}, zero_bias("attn", "c_proj")),
+    "no c_fc bias": ({}, zero_bias("mlp", "c_fc")),
+    "no mlp c_proj bias": ({}, zero_bias("mlp", "c_proj")),
+}
 
 
-class Naive:
-    """gpt2.py's reductions, redone as plain loops would do them: every sum
-    left to right, accumulated in ``accumulate``."""
-
-    def __init__(self, accumulate: np.dtype) -> None:
-        self.accumulate = accumulate
-
-    def functions(self) -> dict[str, Callable]:
-        names = ("matmul", "layer_norm", "softmax", "attention_scores", "attention", "lm_head")
-        return {name: getattr(self, name) for name in names}
-
-    def sum(self, products: np.ndarray, axis: int) -> np.ndarray:
-        return sequential_sum(products, axis, self.accumulate)
-
-    def matmul(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-        n_batch, n_seq, n_in = x.shape
-        rows = x.reshape(-1, n_in)
-        return np.stack([self.sum(row[:, None] * w, 0) for row in rows]).reshape(n_batch, n_seq, -1)
-
-    def mean(self, x: np.ndarray) -> np.ndarray:
-        return self.sum(x, -1)[..., None] / np.float32(x.shape[-1])
-
-    def layer_norm(self, x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5):
-        centred = x - self.mean(x)
-        return g * centred / np.sqrt(self.mean(centred * centred) + np.float32(eps)) + b
-
-    def softmax(self, x: np.ndarray) -> np.ndarray:
-        e = np.exp(x - np.max(x, axis=-1, keepdims=True))
-        return e / self.sum(e, -1)[..., None]
-
-    @staticmethod
-    def per_head(f: Callable, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """``f`` one batch row and head at a time: long sequences stay small."""
-        return np.stack([np.stack([f(x, y) for x, y in zip(a_, b_, strict=True)])
-                         for a_, b_ in zip(a, b, strict=True)])  # fmt: skip
-
-    def attention_scores(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
-        def one(q_, k_):  # [n_seq, head_dim], [n_kv, head_dim]
-            return self.sum(q_[:, None, :] * k_[None, :, :], -1)
-
-        return self.per_head(one, q, k) / np.float32(math.sqrt(q.shape[-1]))
-
-    def attention(self, q, k, v, trace=gpt2.NO_TRACE):
-        scores = self.attention_scores(q, k)
-        probs = gpt2.causal_softmax(scores)
-        trace.record(attn_scores=scores, attn=probs)
-
-        def one(p_, v_):  # [n_seq, n_kv], [n_kv, head_dim]
-            return self.sum(p_[:, :, None] * v_[None, :, :], 1)
-
-        return self.per_head(one, probs, v)
-
-    def lm_head(self, x: np.ndarray, wte: np.ndarray) -> np.ndarray:
-        return self.matmul(x, wte.T)
+def judged(reference: dict, candidate: dict, model: Model, precision: str) -> dict:
+    report = compare(reference, candidate, model=model, precision=precision)
+    summed = [c for c in report.checks if c.label != "hidden[0]"]  # hidden[0]: one rounding
+    alone = max(summed, key=lambda c: c.alone_margin)
+    carried = max(report.checks, key=lambda c: c.max_rel / c.rtol)
+    per_key: dict[str, float] = {}
+    for c in report.checks:
+        name = "embeddings" if c.label == "hidden[0]" else c.key
+        per_key[name] = max(per_key.get(name, 0.0), c.alone_margin)
+    return {"ok": report.ok, "blamed": report.blamed, "alone": alone, "per_key": per_key,
+            "carried": carried.max_rel / carried.rtol, "carried_at": carried.label}  # fmt: skip
 
 
-def run(params, n_head: int, ids: np.ndarray, patch: dict[str, Callable]) -> dict:
-    """Every key of one forward pass, with gpt2.py's functions ``patch``ed."""
-    saved = {name: getattr(gpt2, name) for name in patch}
-    for name, fn in patch.items():
-        setattr(gpt2, name, fn)
-    try:
-        trace = Trace()
-        logits = gpt2.gpt2(ids[None], **params, n_head=n_head, trace=trace)
-    finally:
-        for name, fn in saved.items():
-            setattr(gpt2, name, fn)
-    out = {"logits": logits[0], "ln_f": trace.arrays["ln_f"][0]}
-    out["hidden"] = np.stack([trace.arrays["embeddings"][0]]
-                             + [t.arrays["hidden"][0] for t in trace.layers])  # fmt: skip
-    for key in KEYS[1:-2]:
-        out[key] = np.stack([t.arrays[key][0] for t in trace.layers])
-    return out
+def clean_table(h: HParams, params32, params64, model: Model, lengths: list[int],
+                names: list[str], rng: np.random.Generator) -> None:  # fmt: skip
+    """Each correct variant at each length, every key and sparse keys."""
+    variants = {
+        "blas": ({}, params32, "float32"),
+        "pairwise": (Pairwise(np.float32, np.float32).functions(), params32, "float32"),
+        "left": (LeftToRight(np.float32, np.float32).functions(), params32, "float32"),
+        "left64": (LeftToRight(np.float64, np.float32).functions(), params32, "float32"),
+        "f64": (LeftToRight(np.float64, np.float64).functions(), params64, "float64"),
+    }
+    print(
+        "(the embeddings are one correctly rounded addition each: their margin reaches 1.0 in "
+        "every float32 candidate, and never passes it; the worst below is of the rest)"
+    )
+    detail: dict[tuple[str, int], dict[str, float]] = {}
+    print(f"\n{'candidate':22} {'n':>5} {'keys':>6} {'worst alone/bound':>18} {'at':16} "
+          f"{'carried/tol':>12} {'at':12} verdict  seconds")  # fmt: skip
+    for n in lengths:
+        ids = rng.integers(0, h.n_vocab, n)
+        reference = traced(params64, ids, {}, h.n_head)
+        for name in names:
+            patch, params, precision = variants[name]
+            start = time.perf_counter()
+            candidate = traced(params, ids, patch, h.n_head)
+            for keys, cand in (("all", candidate), ("sparse", sparse(candidate))):
+                j = judged(reference, cand, model, precision)
+                detail.setdefault((name, n), j["per_key"])
+                verdict = "OK" if j["ok"] else f"NOT OK ({j['blamed'] and j['blamed'].label})"
+                print(f"{name + ' ' + precision:22} {n:5} {keys:>6} "
+                      f"{j['alone'].alone_margin:18.3g} {j['alone'].label:16} "
+                      f"{j['carried']:12.3g} {j['carried_at']:12} {verdict:8} "
+                      f"{time.perf_counter() - start:6.1f}")  # fmt: skip
+    if detail:
+        columns = list(detail)
+        print("\nthe worst margin of each key, over its layers (all keys saved)")
+        print(f"{'key':12}" + "".join(f"{f'{v} {n}':>14}" for v, n in columns))
+        for key in next(iter(detail.values())):
+            print(f"{key:12}" + "".join(f"{detail[c][key]:14.3g}" for c in columns))
 
 
-def worst(candidate: np.ndarray, reference: np.ndarray, key: str) -> float:
-    """compare's measure, per layer, the worst layer (logits as log-softmax)."""
-    if key == "logits":
-        candidate, reference = (z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1,
-                                keepdims=True)) - z.max(-1, keepdims=True)
-                                for z in (candidate.astype(np.float64), reference))  # fmt: skip
-    if key in ("logits", "ln_f"):
-        candidate, reference = candidate[None], reference[None]
-    pairs = zip(candidate, reference, strict=True)
-    errors = [np.max(np.abs(c - r)) / np.max(np.abs(r)) for c, r in pairs]
-    return float(max(errors))
+def bug_table(h: HParams, params32, params64, model: Model, n: int, bugs: list[str],
+              rng: np.random.Generator) -> None:  # fmt: skip
+    """Each bug in our float32 pass: where it is blamed, and its margin."""
+    ids = rng.integers(0, h.n_vocab, n)
+    reference = traced(params64, ids, {}, h.n_head)
+    print(f"\n{n} positions, our float32 pass with one bug")
+    print(f"{'bug':22} {'keys':>6} {'blamed':16} {'margin':>10} {'carried/tol':>12} verdict")
+    for bug in bugs:
+        patch, edit = BUGS[bug]
+        params = map_params(params32, lambda a: a.copy())
+        if edit is not None:
+            edit(params)
+        candidate = traced(params, ids, patch, h.n_head)
+        for keys, cand in (("all", candidate), ("sparse", sparse(candidate))):
+            j = judged(reference, cand, model, "float32")
+            blamed = j["blamed"]
+            margin = blamed.alone_margin if blamed else j["alone"].alone_margin
+            print(f"{bug:22} {keys:>6} {blamed.label if blamed else '-':16} {margin:10.3g} "
+                  f"{j['carried']:12.3g} {'OK' if j['ok'] else 'NOT OK'}")  # fmt: skip
 
 
-def alone(params, n_head: int, result: dict[str, np.ndarray], ids: np.ndarray) -> dict:
-    """Each key's error against its operation recomputed in float64 from the
-    pass's own inputs (compare --model's isolation), the worst layer."""
-    n_layer = len(params["blocks"])
-    layers = {k: ({None: v} if k in ("ln_f", "logits") else dict(enumerate(v)))
-              for k, v in result.items()}  # fmt: skip
-    isolation = Isolation(params, n_head, layers, ids)
-    errors: dict[str, float] = {}
-    for key, layer in forward_order(n_layer):
-        if key == "ids":
-            continue
-        expected, _ = isolation.isolated(key, layer)
-        how = {"transform": log_softmax} if key == "logits" else {}
-        if key == "attn_scores":
-            how = {"mask": np.tril(np.ones(expected.shape[-2:], bool))}
-        worst_abs, scale, _ = measure(expected, layers[key][layer], **how)
-        errors[key] = max(errors.get(key, 0.0), worst_abs / scale)
-    return errors
+def sparse(candidate: dict) -> dict:
+    return {k: candidate[k] for k in SPARSE}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="124M")
-    parser.add_argument("--tokens", default="10,64", help="prompt lengths, comma-separated")
-    parser.add_argument("--layers", type=int, default=None, help="fewer blocks, to go faster")
-    parser.add_argument(
-        "--variants", default="ours,naive,naive64", help="which passes to measure, comma-separated"
-    )
+    parser.add_argument("--lengths", default="16,256,1024", help="prompt lengths, comma-separated")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=12, help="n_head (16: head_dim 48)")
+    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--variants", default="blas,pairwise,left,left64,f64")
+    parser.add_argument("--bugs", default=",".join(BUGS), help="'' for none")
+    parser.add_argument("--bug-length", type=int, default=64)
     args = parser.parse_args()
-    h = SIZES[args.size]
-    if args.layers:
-        h = type(h)(**{**h.as_dict(), "n_layer": args.layers})
-    tensors = tiny_tensors(h.as_dict(), seed=0, scale=0.02)
+    h = HParams(**{**SIZES["124M"].as_dict(), "n_layer": args.layers, "n_head": args.heads,
+                   "n_vocab": args.vocab})  # fmt: skip
+    tensors = tiny_tensors(h.as_dict(), seed=3, scale=0.02)
     params64 = map_params(params_from_tensors(tensors, h), lambda a: a.astype(np.float64))
     params32 = map_params(params_from_tensors(tensors, h), lambda a: a.astype(np.float32))
-    variants = {"ours": {}, "naive": Naive(np.dtype(np.float32)).functions(),
-                "naive64": Naive(np.dtype(np.float64)).functions()}  # fmt: skip
-    variants = {name: variants[name] for name in args.variants.split(",")}
+    model = Model(params32, h.n_head)
     rng = np.random.default_rng(1)
-    print(f"{args.size} shapes ({h.n_layer} blocks), random weights; relative error against our "
-          f"float64 pass, the worst layer; tolerance {RTOL32:g}")  # fmt: skip
-    for n in (int(t) for t in args.tokens.split(",")):
-        ids = rng.integers(0, h.n_vocab, n)
-        reference = run(params64, h.n_head, ids, {})
-        results = {name: run(params32, h.n_head, ids, patch) for name, patch in variants.items()}
-        print(f"\n{n} tokens")
-        print(f"{'key':12}" + "".join(f"{name:>22}" for name in variants))
-        for key in KEYS:
-            cells = [worst(results[name][key], reference[key], key) for name in variants]
-            print(f"{key:12}" + "".join(f"{e:12.2e} ({RTOL32 / e:5.1f}x)" for e in cells))
-        print(f"\n{n} tokens, each operation alone (recomputed from the pass's own inputs)")
-        print(f"{'key':12}" + "".join(f"{name:>22}" for name in variants))
-        alones = {name: alone(params32, h.n_head, results[name], ids) for name in variants}
-        for key in KEYS:
-            print(f"{key:12}" + "".join(f"{alones[name][key]:22.2e}" for name in variants))
+    print(f"124M widths, {h.n_layer} blocks, n_head {h.n_head}, vocabulary {h.n_vocab}; random "
+          "weights")  # fmt: skip
+    lengths = [int(t) for t in args.lengths.split(",") if t]
+    clean_table(h, params32, params64, model, lengths, args.variants.split(","), rng)
+    bugs = [b for b in args.bugs.split(",") if b]
+    if bugs:
+        bug_table(h, params32, params64, model, args.bug_length, bugs, rng)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -50,6 +51,9 @@ N_GENERATE = 16
 # 200M parameters are 2.4 GB on disk and about 3.2 GB in memory.
 MAX_PARAMETERS = 200_000_000
 SAMPLE_SEEDS = (1, 2, 3)
+# fixture --stress: attention scores this large overflow exp in float32 (past
+# 88.7) unless the softmax subtracts the row's max first.
+STRESS_SCORE = 100.0
 SAMPLING = {"temperature": 1.0, "top_k": 40}
 TEXTS = [
     "Hello, world!",
@@ -75,6 +79,41 @@ def fixture_tensors(hparams: HParams, seed: int) -> dict[str, np.ndarray]:
             values = 1.0 + values
         tensors[t.name] = values.astype(np.float32).reshape(t.shape)
     return tensors
+
+
+def scale_queries_and_keys(hparams: HParams, tensors: dict, factor: float) -> dict:
+    """Every c_attn's query and key columns, and their biases, times
+    ``factor`` (in float64, rounded once to float32): each attention score
+    of the first block grows by factor^2."""
+    out = dict(tensors)
+    for i in range(hparams.n_layer):
+        for leaf in ("w", "b"):
+            name = f"model/h{i}/attn/c_attn/{leaf}"
+            scaled = tensors[name].astype(np.float64)
+            scaled[..., : 2 * hparams.n_embd] *= factor
+            out[name] = scaled.astype(np.float32)
+    return out
+
+
+def largest_score(hparams: HParams, tensors: dict, encoder: Encoder, folder: Path) -> float:
+    """The largest attention score over the prompt, any block and head."""
+    trace = fixture_model(hparams, tensors, encoder, folder).trace(encoder.encode(PROMPT),
+                                                                   detail=True)  # fmt: skip
+    scores = trace["attn_scores"]
+    return float(np.max(np.where(np.tril(np.ones(scores.shape[-2:], bool)), scores, -np.inf)))
+
+
+def stress_factor(hparams: HParams, tensors: dict, encoder: Encoder, folder: Path) -> float:
+    """The factor (four significant digits, so that it can be repeated) that
+    brings the largest attention score over the prompt to about
+    ``STRESS_SCORE``: scores grow as its square in the first block, and
+    a few rounds settle the later ones."""
+    factor = 1.0
+    for _ in range(6):
+        top = largest_score(hparams, scale_queries_and_keys(hparams, tensors, factor), encoder,
+                            folder)  # fmt: skip
+        factor = float(f"{factor * math.sqrt(STRESS_SCORE / top):.4g}")
+    return factor
 
 
 def fixture_model(hparams: HParams, tensors: dict, encoder: Encoder, folder: Path) -> GPT2:
@@ -112,11 +151,25 @@ def write_references(out: Path, model: GPT2, seed: int) -> dict:
 
 def readme(hparams: HParams, seed: int, summary: dict) -> str:
     h = hparams
+    stress = summary.get("stress")
+    flag = " --stress" if stress else ""
+    stressed = (
+        ""
+        if not stress
+        else f"""
+
+**Stressed** (`--stress`): then, in every layer, the first two thirds of
+`attn/c_attn/w`'s columns and of `attn/c_attn/b` (the queries and the keys)
+are multiplied by {stress[0]:g} in double precision and rounded once to
+float32, so that the largest attention score over the prompt is
+{stress[1]:.1f}: exp of it overflows float32 (past 88.7), and a softmax
+that does not subtract each row's largest score first returns NaN."""
+    )
     return f"""# picogpt2 conformance fixture
 
 A small GPT-2 with deterministic weights, in three formats, with its
 reference outputs. Made by `python -m picogpt2.fixture OUT --seed {seed} --layers
-{h.n_layer} --heads {h.n_head} --width {h.n_embd} --context {h.n_ctx}`; the same
+{h.n_layer} --heads {h.n_head} --width {h.n_embd} --context {h.n_ctx}{flag}`; the same
 command writes the same bytes again.
 
 Sizes: n_vocab {h.n_vocab} (GPT-2's real vocabulary), n_ctx {h.n_ctx}, n_embd
@@ -146,7 +199,7 @@ tensors take draws in this order: `model/wte`, `model/wpe`, `model/ln_f/g`,
 `attn/c_proj/b`, `mlp/c_fc/w`, `mlp/c_fc/b`, `mlp/c_proj/w`, `mlp/c_proj/b`
 (OpenAI's shapes, elements in row-major order). A gain (`.../g`) is
 float32(1 + 0.1 * (2u - 1)); everything else is float32(0.1 * (2u - 1)),
-computed in double precision and rounded once.
+computed in double precision and rounded once.{stressed}
 
 ## Reference outputs (float64)
 
@@ -176,15 +229,20 @@ leave the reference at a near-tie. Token ids must be equal, always.
 """
 
 
-def make_fixture(out: Path, hparams: HParams, seed: int, vocabulary: Path) -> None:
+def make_fixture(out: Path, hparams: HParams, seed: int, vocabulary: Path, stress: bool) -> None:
     encoder = load_encoder(vocabulary)
     if encoder.n_vocab != hparams.n_vocab:
         raise InputError(f"{vocabulary}: {encoder.n_vocab} tokens, not GPT-2's {hparams.n_vocab}")
     tensors = fixture_tensors(hparams, seed)
     with atomic_folder(out) as folder:
+        factor = stress_factor(hparams, tensors, encoder, folder) if stress else None
+        if factor is not None:
+            tensors = scale_queries_and_keys(hparams, tensors, factor)
         write_formats(folder, hparams, tensors, vocabulary)
         model = fixture_model(hparams, tensors, encoder, folder)
         summary = write_references(folder, model, seed)
+        if factor is not None:
+            summary["stress"] = (factor, largest_score(hparams, tensors, encoder, folder))
         (folder / "README.md").write_text(readme(hparams, seed, summary))
 
 
@@ -211,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="GPT-2's vocabulary (encoder.json and vocab.bpe; default: 124M's, fetched if "
         "needed, 1.5 MB)",
+    )
+    parser.add_argument(
+        "--stress",
+        action="store_true",
+        help=f"scale the queries and keys so that attention scores reach about "
+        f"{STRESS_SCORE:g}: a softmax that does not subtract the max overflows in float32",
     )
     add_models_dir_argument(parser)
     return parser
@@ -251,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             raise DownloadError(
                 f"{e}; or name a folder with GPT-2's vocabulary: --encoder-dir"
             ) from None
-        make_fixture(args.out, hparams, args.seed, vocabulary)
+        make_fixture(args.out, hparams, args.seed, vocabulary, args.stress)
         status(
             f"wrote {args.out}: a GPT-2 of {hparams.as_dict()} in three formats, with references"
         )

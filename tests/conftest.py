@@ -13,6 +13,16 @@ import pytest
 REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "gpt2-124M-real"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The calibration matrix (minutes) runs only when asked for: -m calibration."""
+    if "calibration" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="the calibration matrix: run with -m calibration")
+    for item in items:
+        if "calibration" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def real_dir() -> Path:
     if not (REAL_DIR / "encoder.json").is_file():

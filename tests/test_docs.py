@@ -7,6 +7,7 @@ and Python example the docs show runs as written, against a tiny model
 standing in for GPT-2 124M."""
 
 import json
+import math
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from tiny import (
     make_tiny_model,
 )
 
-from picogpt2.activations import ALONE32, ATTN_DEFAULT, BLOCK, KEYS, LAST
+from picogpt2.activations import ATTN_DEFAULT, BLOCK, KEYS, LAST
 from picogpt2.hparams import HParams
 from picogpt2.weights.formats import llmc
 from picogpt2.weights.formats.transformers import hf_name
@@ -91,7 +92,7 @@ def inputs(op, shift: int) -> str:
 
 def key_rows() -> list[str]:
     """One row per key a dump holds, from the operation table."""
-    lines = ["| key | shape | in a dump | made by | from | alone, float32 | llm.c | also |",
+    lines = ["| key | shape | in a dump | made by | from | rounding bound | llm.c | also |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for key in KEYS.values():
         dumped = ("always" if key not in BLOCK else "`--attn`, `--detail`"
@@ -104,12 +105,39 @@ def key_rows() -> list[str]:
         made = "; ".join(f"{at} {op.what}".strip() for at, op in ops if op) or "the input"
         source = "; ".join(f"{at} {inputs(op, 1 if at == '[i+1]' else 0)}".strip()
                            for at, op in ops if op) or "the input"  # fmt: skip
-        rounding = key.made_by.rounding if key.made_by else ""
-        alone = f"{ALONE32[rounding]:g} ({rounding})" if rounding else ""
+        alone = "; ".join(f"{at} {op.rounding}".strip() for at, op in ops if op)
         llmc_name = f"`{key.llmc}`" if key.llmc else ""
         lines.append(f"| `{key.name}` | {key.shape} | {dumped} | {made} | {source} | {alone} | "
                      f"{llmc_name} | {key.note} |")  # fmt: skip
     return lines
+
+
+def bound_rows() -> list[str]:
+    """The sums' part of each rounding bound at 124M's shapes, in float32,
+    from oracle/rounding.py's constants."""
+    from picogpt2.hparams import SIZES
+    from picogpt2.oracle.rounding import LAMBDA, unit_roundoff
+
+    h, u = SIZES["124M"], unit_roundoff("float32")
+    sums = [
+        ("`ln_1`, `ln_2`, `ln_f`: the mean, the variance", "n_embd", h.n_embd),
+        ("`q`, `k`, `v`, `attn_out`, `mlp_pre`: x w + b", "n_embd + 1", h.n_embd + 1),
+        ("`mlp_out`: x w + b", "4 n_embd + 1", 4 * h.n_embd + 1),
+        ("`logits`: ln_f wte^T", "n_embd", h.n_embd),
+        ("`attn_scores`: q k^T", "head_dim", h.n_embd // h.n_head),
+        ("`attn`: the denominator; `attn_heads`: attn v", "i + 1, up to n_ctx", h.n_ctx),
+    ]
+    lines = ["| operation: its sum | n | n at 124M | worst, n − 1 | λ √(n − 1) | bound / (u S) "
+             "| bound / S, float32 |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for what, n_words, n in sums:
+        worst, chance = n - 1, LAMBDA * math.sqrt(n - 1)
+        lines.append(f"| {what} | {n_words} | {n} | {worst} | {chance:.0f} | "
+                     f"{min(worst, chance):.0f} | {min(worst, chance) * u:.1e} |")  # fmt: skip
+    return lines
+
+
+def test_the_bound_table_is_the_codes():
+    assert_in_order(DOCS / "oracle.md", bound_rows())
 
 
 def assert_in_order(doc: Path, table: list[str]) -> None:

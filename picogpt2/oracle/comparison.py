@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from picogpt2.activations import ALONE32, KEYS, RTOL32, RTOL64, forward_order
+from picogpt2.activations import KEYS, RTOL32, RTOL64, describe, forward_order
 from picogpt2.gpt2 import Params, log_softmax
+from picogpt2.oracle import rounding
 from picogpt2.oracle.candidates import Activations, read_candidate, read_ours
-from picogpt2.oracle.isolation import Isolation, label
+from picogpt2.oracle.decoding import Placement, place
+from picogpt2.oracle.isolation import Isolation, Recomputed, label, span
 from picogpt2.util.errors import InputError
 
 CHUNK = 64  # rows at a time: a 1024 x 50257 logits array is never copied whole
@@ -36,8 +38,12 @@ TOP = 5
 class Check:
     """One key (one layer of a stacked key) compared, against the reference
     (``max_abs``, ``max_rel``, held to ``rtol``) and, with a model, on its
-    own inputs: ``alone_rel``, the error of its operation alone, from the
-    candidate's keys ``alone_from``, held to ``alone_rtol``."""
+    own inputs (the candidate's keys ``alone_from``; ``span``: the words for
+    what was judged when some were recomputed): ``alone_margin``, the
+    largest of its errors over their rounding bounds (over 1 is not
+    rounding), at ``alone_index``, where the error is ``alone_abs`` and its
+    bound ``alone_bound``; ``alone_rel``, the largest error over the
+    largest value."""
 
     key: str
     layer: int | None
@@ -52,11 +58,26 @@ class Check:
     alone_rel: float | None = None
     alone_ok: bool | None = None
     alone_from: tuple[str, ...] = ()
-    alone_rtol: float | None = None
+    alone_margin: float | None = None
+    alone_abs: float | None = None
+    alone_bound: float | None = None
+    alone_index: list[int] | None = None
+    span: str | None = None
+    steps: list[int] = field(default_factory=list)  # a generated key's steps over tolerance
 
     @property
     def label(self) -> str:
         return label(self.key, self.layer)
+
+    @property
+    def what(self) -> str:
+        """What was judged alone, in words: the operation, or the span."""
+        return self.span or describe(self.key, self.layer)
+
+    @property
+    def passed(self) -> bool:
+        """Within tolerance of the reference, and right on its own inputs."""
+        return self.ok and self.alone_ok is not False
 
 
 @dataclass
@@ -106,6 +127,7 @@ class Generation:
     near_tie: bool = False
     reference_gap: float | None = None
     tie_tolerance: float | None = None
+    first_wrong_step: int | None = None  # the first step whose id or figures really differ
 
     @property
     def real_disagreement(self) -> bool:
@@ -132,6 +154,8 @@ class Report:
     argmax: Argmax | None = None
     distributions: Distributions | None = None
     generation: Generation | None = None
+    not_judged: list[str] = field(default_factory=list)  # the candidate's keys, and why not
+    placement: Placement | None = None  # where a decode that differs goes wrong
     first_wrong: Check | None = field(init=False)
     blamed: Check | None = field(init=False)  # the first operation wrong on its own inputs
     first_jump: Jump | None = field(init=False)
@@ -143,10 +167,13 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """Every key within tolerance, and no token choice really differs."""
+        """Every key within tolerance, every operation within its rounding
+        bound on its own inputs, and no token choice really differs: the
+        one verdict (the exit status, the JSON's ``ok``, the closing line)."""
         argmax_ok = self.argmax is None or not self.argmax.real_disagreements
         generation_ok = self.generation is None or not self.generation.real_disagreement
-        return self.first_wrong is None and argmax_ok and generation_ok
+        return (self.first_wrong is None and self.blamed is None and argmax_ok
+                and generation_ok)  # fmt: skip
 
     @property
     def float32_sized(self) -> float | None:
@@ -201,14 +228,24 @@ def compare(
     for key, layer in shared:  # one layer of each file read at a time, then let go
         checks.append(judge.check(key, layer, isolation))
         release()
-    report = Report(judge.mode, candidate.notes, checks, isolation is not None, rtol is not None)
+    ref_flat, cand_flat = flat(reference), flat(candidate)
+    generation = None
+    if "gen_ids" in cand_flat and "gen_ids" in ref_flat:
+        generation = generation_report(ref_flat, cand_flat, judge.tolerance())
+        checks += generation_checks(ref_flat, cand_flat, generation, judge.tolerance())
+        generation.first_wrong_step = first_wrong_step(checks, generation)
+    report = Report(judge.mode, candidate.notes, checks, isolation is not None, rtol is not None,
+                    generation=generation,
+                    not_judged=not_judged(reference, candidate, generation))  # fmt: skip
     logits = _logits(reference, candidate)
     if logits is not None:
         report.argmax = argmax_report(*logits, judge.tolerance())
         report.distributions = distribution_summary(*logits)
         release()
-    if "gen_ids" in candidate.layers:
-        report.generation = generation_report(flat(reference), flat(candidate), judge.tolerance())
+    if model is not None and generation is not None and generation.first_wrong_step is not None:
+        report.placement = place(model.params, model.n_head, ref_flat["ids"],
+                                 ref_flat["gen_ids"], cand_flat, generation.first_wrong_step,
+                                 judge.tolerance()[0])  # fmt: skip
     return report
 
 
@@ -249,6 +286,38 @@ def measure(
     return worst, scale, at
 
 
+def margins(
+    value: np.ndarray, bound: np.ndarray, cand: np.ndarray, how: dict, mask: np.ndarray | None
+) -> tuple[float, float, float, list[int], float, float]:
+    """The largest |cand - value| / bound, a chunk of rows at a time: that
+    ratio, the error and the bound there, where; and the largest error and
+    the largest |value| (``how``'s transform applied to both values,
+    ``mask`` picking the entries judged)."""
+    transform = how.get("transform")
+    best = (0.0, 0.0, float(bound.flat[0]) if bound.size else 0.0, [0] * value.ndim)
+    worst, scale = 0.0, 0.0
+    for (start, r), (_, c), (_, b) in zip(row_chunks(value), row_chunks(cand), row_chunks(bound),
+                                          strict=True):  # fmt: skip
+        r, c = np.asarray(r, np.float64), np.asarray(c, np.float64)
+        if transform is not None:
+            r, c = transform(r), transform(c)
+        with np.errstate(invalid="ignore"):
+            d = np.abs(c - r)
+        d = np.where(np.isnan(d), np.inf, d)
+        if mask is not None:
+            d, r = np.where(mask, d, 0.0), np.where(mask, r, 0.0)
+        ratio = d / b
+        if not ratio.size:
+            continue
+        worst, scale = max(worst, float(d.max())), max(scale, float(np.max(np.abs(r))))
+        if float(ratio.max()) > best[0]:
+            i = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+            at = [int(j) for j in i]
+            at[0] += start if value.ndim else 0
+            best = (float(ratio[i]), float(d[i]), float(b[i]), at)
+    return (*best, worst, scale)
+
+
 def causal(scores: np.ndarray) -> np.ndarray:
     """Where attention scores [..., n, n] are used: the causal triangle (what
     lies above it is masked, and llm.c leaves it unset)."""
@@ -270,8 +339,8 @@ def finite(key: str, array: np.ndarray) -> bool:
 
 
 def refuse_nan(key: str, array: np.ndarray, what: str, name: str) -> None:
-    """NaN where a value is judged is bad input, exit status 2 (an infinity
-    is a wrong value)."""
+    """NaN where the reference's value is judged is bad input, exit status 2
+    (in a candidate it is a wrong value: a softmax that overflowed)."""
     if array.dtype.kind == "f" and any(np.isnan(rows).any() for rows in judged(key, array)):
         raise InputError(f"{what}: the {name} holds NaN")
 
@@ -331,9 +400,8 @@ def validate(reference: Activations, candidate: Activations, shared: list) -> No
             f"candidate {', '.join(sorted(cand)) or 'nothing'} (save yours under these "
             "names, llm.c's or transformers': see docs/oracle.md)"
         )
-    for name, acts in (("reference", ref), ("candidate", cand)):  # the rest: as compared
-        for key in [k for k in acts if k.startswith("gen_")]:
-            refuse_nan(key, acts[key][None], key, name)
+    for key in [k for k in ref if k.startswith("gen_")]:  # the rest: as compared
+        refuse_nan(key, ref[key][None], key, "reference")
     both_ids = "ids" in cand and "ids" in ref
     if both_ids and not np.array_equal(ref["ids"][None], cand["ids"][None]):
         raise InputError("ids: the dumps are of different inputs")
@@ -366,6 +434,7 @@ class _Judge:
         atol: float,
     ) -> None:
         self.reference, self.candidate, self.precision = reference, candidate, precision
+        self.u, self.tiny = rounding.unit_roundoff(precision), rounding.TINY[precision]
         self.mode = f"{precision} vs {ref_precision}"
         self.rtol_override, self.atol = rtol, atol
 
@@ -378,19 +447,10 @@ class _Judge:
             return RTOL64, self.atol
         return RTOL32 * (2 if self.mode.endswith("float32") else 1), self.atol
 
-    def alone_tolerance(self, key: str) -> tuple[float, float]:
-        """An operation alone carries only its own rounding, in the
-        candidate's precision (``activations.py``)."""
-        if self.rtol_override is not None:
-            return self.rtol_override, self.atol
-        alone32 = ALONE32[KEYS[key].made_by.rounding]
-        return (RTOL64 if self.precision == "float64" else alone32), self.atol
-
     def check(self, key: str, layer: int | None, isolation: Isolation | None) -> Check:
         ref = self.reference.layers[key][layer]
         cand = self.candidate.layers[key][layer]
         refuse_nan(key, ref, label(key, layer), "reference")
-        refuse_nan(key, cand, label(key, layer), "candidate")
         if key == "logits":
             result = self.logits_check(ref, cand)
         else:
@@ -398,16 +458,37 @@ class _Judge:
         if key == "attn":
             result = self.attn_check(result, layer)
         if isolation is not None and key in KEYS:
-            result.alone_rtol = self.alone_tolerance(key)[0]
-            if not finite(key, cand):
-                result.alone_rel, result.alone_ok = float("inf"), False  # wrong as it stands
+            if not finite(key, cand):  # NaN or infinity: wrong as it stands
+                result.alone_rel = result.alone_margin = float("inf")
+                result.alone_ok = False
             else:
-                alone, sources = isolation.isolated(key, layer)
-                on_its_own = verdict(key, layer, alone, cand, self.alone_tolerance(key),
-                                     **how(key, alone))  # fmt: skip
-                result.alone_rel, result.alone_ok = on_its_own.max_rel, on_its_own.ok
-                result.alone_from = sources
+                self.alone_check(result, isolation.isolated(key, result.layer), cand)
         return result
+
+    def alone_check(self, result: Check, found: Recomputed, cand: np.ndarray) -> None:
+        """The candidate's key against its operation recomputed from its own
+        inputs: the largest of its errors over their rounding bounds (with
+        --rtol or --atol, over that tolerance instead)."""
+        key = result.key
+        if self.rtol_override is not None:
+            worst, scale, at = measure(found.value, cand, **how(key, found.value))
+            result.alone_rel = worst / scale if scale else (0.0 if worst == 0 else float("inf"))
+            allowed = self.atol + self.rtol_override * scale
+            margin = worst / allowed if allowed else (0.0 if worst == 0 else float("inf"))
+            result.alone_margin, result.alone_abs, result.alone_bound = margin, worst, allowed
+            result.alone_index = at
+        else:
+            bound = rounding.log_softmax(found.value, found.bound) if key == "logits" else (
+                found.bound)  # fmt: skip
+            bound = bound.limit()
+            mask = causal(found.value) if key == "attn_scores" else None
+            m = margins(found.value, bound + self.tiny, cand, how(key, found.value), mask)
+            result.alone_margin, result.alone_abs, result.alone_bound, result.alone_index = m[:4]
+            worst, scale = m[4:]
+            result.alone_rel = worst / scale if scale else (0.0 if worst == 0 else float("inf"))
+        result.alone_ok = result.alone_margin <= 1
+        result.alone_from = found.sources
+        result.span = span(key, result.layer, found)
 
     def attn_check(self, result: Check, layer: int | None) -> Check:
         """Softmax moves its outputs by the scores' absolute error, so the
@@ -445,7 +526,9 @@ class _Judge:
                 f"--model has {blocks} blocks {n_embd} wide; the reference dump is of another "
                 "model: give the model it was dumped from"
             )
-        isolation = Isolation(model.params, model.n_head, self.candidate.layers, np.asarray(ids))
+        isolation = Isolation(
+            model.params, model.n_head, self.candidate.layers, np.asarray(ids), self.u
+        )
         if hidden is not None:
             worst, scale, _ = measure(hidden, isolation.embeddings())
             if worst > 1e-5 * scale:
@@ -462,6 +545,7 @@ class _Judge:
 def _first_jump(checks: list[Check]) -> Jump | None:
     """The first key whose error is ``JUMP`` times the previous key's, and
     not too small to matter."""
+    checks = [c for c in checks if c.key in KEYS]
     for before, check in zip(checks, checks[1:], strict=False):
         ratio = check.max_rel / before.max_rel if before.max_rel else float("inf")
         if ratio >= JUMP and check.max_rel >= check.rtol / JUMP:
@@ -487,6 +571,14 @@ def argmax_report(ref: np.ndarray, cand: np.ndarray, tol: tuple[float, float]) -
     return Argmax(len(ref) - len(differ), len(ref), tie, positions)
 
 
+def most_likely(logprobs: np.ndarray) -> np.ndarray:
+    """The ``TOP`` most likely ids of each row, in no order (a partition,
+    not a sort of the whole vocabulary)."""
+    if logprobs.shape[-1] <= TOP:
+        return np.broadcast_to(np.arange(logprobs.shape[-1]), logprobs.shape)
+    return np.argpartition(-logprobs, TOP - 1, axis=-1)[:, :TOP]
+
+
 def distribution_summary(ref: np.ndarray, cand: np.ndarray) -> Distributions:
     """How close the next-token distributions are, for implementations that
     are close but not exact: KL(reference || candidate) per position (mean
@@ -495,8 +587,7 @@ def distribution_summary(ref: np.ndarray, cand: np.ndarray) -> Distributions:
     for (_, r), (_, c) in zip(row_chunks(ref), row_chunks(cand), strict=True):
         p, q = log_softmax(np.asarray(r)), log_softmax(np.asarray(c))
         kl.append(np.sum(np.exp(p) * (p - q), axis=-1))
-        top_p = np.argsort(-p, axis=-1, kind="stable")[:, :TOP]
-        top_q = np.argsort(-q, axis=-1, kind="stable")[:, :TOP]
+        top_p, top_q = most_likely(p), most_likely(q)
         overlap += [len(set(a) & set(b)) / TOP for a, b in zip(top_p, top_q, strict=True)]
     kl = np.concatenate(kl)
     agree = np.argmax(ref, axis=-1) == np.argmax(cand, axis=-1)
@@ -521,3 +612,106 @@ def generation_report(ref: dict, cand: dict, tol: tuple[float, float]) -> Genera
         report.tie_tolerance = atol + rtol * float(np.max(np.abs(ref["gen_top_logits"][step])))
         report.near_tie = report.reference_gap <= report.tie_tolerance
     return report
+
+
+GEN_CHOSEN = "gen_logprob"  # of the id chosen: judged before the first difference only
+GEN_FIGURES = ("gen_logprob", "gen_top_logprobs", "gen_top_logits", "gen_gap")
+
+
+def generation_checks(
+    ref: dict, cand: dict, g: Generation, tol: tuple[float, float]
+) -> list[Check]:
+    """The candidate's figures of each generated step against the
+    reference's, while the two decode the same text: up to the first
+    difference (the chosen id's log-probability before it). Log-probabilities
+    and the gap move by up to twice the logits' error, so they are held to
+    the tolerance of the logits' largest magnitude, doubled; logits as
+    shifted to their largest (a shift is no error); the five ids up to
+    near-ties."""
+    rtol, atol = tol
+    steps = g.steps if g.first_difference is None else g.first_difference + 1
+    logits = ref.get("gen_top_logits")
+    checks = []
+    for key in [k for k in GEN_FIGURES + ("gen_top_ids",) if k in ref and k in cand]:
+        n = steps - (key == GEN_CHOSEN and g.first_difference is not None)
+        r, c = ref[key][:n], cand[key][:n]
+        if r.shape != c.shape:
+            raise InputError(f"{key}: the reference holds {list(ref[key].shape)}, the candidate "
+                             f"{list(cand[key].shape)}")  # fmt: skip
+        if n == 0:
+            continue
+        if key == "gen_top_ids":
+            checks.append(top_ids_check(r, c, logits, tol))
+            continue
+        transform = (lambda a: a - np.max(a, axis=-1, keepdims=True)) if key == "gen_top_logits" \
+            else None  # fmt: skip
+        worst, scale, at = measure(r, c, transform=transform)
+        if logits is not None and key != "gen_top_logits":
+            scale = 2 * float(np.max(np.abs(np.asarray(logits[:n], np.float64))))
+        rel = worst / scale if scale else (0.0 if worst == 0 else float("inf"))
+        note = f"steps 0-{n - 1}" + (
+            ", of the logits' magnitude"
+            if scale and key != "gen_top_logits" and logits is not None
+            else ""
+        )
+        check = Check(key, None, list(r.shape), worst, rel, at, rtol, atol,
+                      worst <= atol + rtol * scale, note)  # fmt: skip
+        check.steps = over(r, c, transform, atol + rtol * scale)
+        checks.append(check)
+    return checks
+
+
+def over(ref: np.ndarray, cand: np.ndarray, transform, allowed: float) -> list[int]:
+    """The steps (rows) whose largest error is over ``allowed``."""
+    r, c = np.asarray(ref, np.float64), np.asarray(cand, np.float64)
+    if transform is not None:
+        r, c = transform(r), transform(c)
+    d = np.abs(c - r).reshape(len(r), -1)
+    return [int(i) for i in np.flatnonzero(~(np.max(d, axis=-1) <= allowed))]
+
+
+def top_ids_check(ref: np.ndarray, cand: np.ndarray, logits, tol: tuple[float, float]) -> Check:
+    """The five most likely ids of each step, equal but where the
+    reference's logits of neighbouring ranks are within the tolerance
+    (rounding may order them either way)."""
+    rtol, atol = tol
+    real, at, steps = 0, [0, 0], []
+    for step, rank in zip(*np.nonzero(np.asarray(ref) != np.asarray(cand)), strict=True):
+        if logits is not None:
+            row = np.asarray(logits[step], np.float64)
+            tie = atol + rtol * float(np.max(np.abs(row)))
+            near = [row[r] for r in (rank - 1, rank + 1) if 0 <= r < len(row)]
+            if any(abs(row[rank] - x) <= tie for x in near):
+                continue
+        real += 1
+        at = [int(step), int(rank)] if real == 1 else at
+        steps.append(int(step))
+    check = Check("gen_top_ids", None, list(ref.shape), float(real), real / ref.size, at, 0.0,
+                  0.0, real == 0, f"{real} of {ref.size} differ beyond near-ties")  # fmt: skip
+    check.steps = sorted(set(steps))
+    return check
+
+
+def not_judged(reference: Activations, candidate: Activations, g: Generation | None) -> list[str]:
+    """The candidate's keys that no check looks at, each with the reason."""
+    ref, out = reference.layers, []
+    for key in sorted(candidate.layers):
+        if key.startswith("gen_") and "gen_ids" not in ref:
+            out.append(f"{key}: the reference has no generation (dump it with --generate N)")
+        elif key not in ref:
+            out.append(f"{key}: the reference has no {key}")
+        elif key.startswith("gen_") and key != "gen_ids" and g and g.first_difference is not None:
+            last = g.first_difference - (key == GEN_CHOSEN)
+            if last < g.steps - 1:
+                out.append(f"{key}: steps after {last}: from the first difference the two "
+                           "decode different texts")  # fmt: skip
+    return out
+
+
+def first_wrong_step(checks: list[Check], g: Generation) -> int | None:
+    """The first step whose chosen id really differs or whose figures are
+    over tolerance (each figure check's ``steps`` holds those, in order)."""
+    steps = [c.steps[0] for c in checks if c.key.startswith("gen_") and c.steps]
+    if g.real_disagreement:
+        steps.append(g.first_difference)
+    return min(steps, default=None)

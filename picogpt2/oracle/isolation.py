@@ -9,18 +9,22 @@ key K from the candidate's values of K's inputs (``ln_1[i]`` from its
 ``q`` and ``k``, ...) puts the carried error on both sides, where it
 cancels: what is left is K's own error, and the first operation whose own
 output is wrong is the one to blame. Where the candidate did not save an
-input, it is computed from the inputs before it, and the operation judged
-is the whole span from the keys the candidate did give. Which operation
+input, it is computed from the inputs before it, and what is judged is the
+whole span from the keys the candidate did give, held to the composed
+bound of the operations in it (``rounding.py``). Which operation
 makes which key, from what, is ``activations.py``'s table.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from picogpt2.activations import KEYS, LAST, Weights
+from picogpt2.activations import KEYS, LAST, Operation, Weights
 from picogpt2.gpt2 import Params
 from picogpt2.oracle.candidates import Layers
+from picogpt2.oracle.rounding import Bound, bound_of
 
 Ref = tuple[str, int | None]  # (key, layer)
 
@@ -29,14 +33,28 @@ def label(key: str, layer: int | None) -> str:
     return key if layer is None else f"{key}[{layer}]"
 
 
+@dataclass
+class Recomputed:
+    """A key recomputed in float64 from the candidate's values: the value,
+    its rounding bound (per element: how far a correct implementation may
+    land from it), the candidate's keys it comes from, and the keys
+    recomputed on the way (empty: one operation alone; else a span)."""
+
+    value: np.ndarray
+    bound: Bound | None  # None: the candidate's own saved value
+    sources: tuple[str, ...]
+    inside: tuple[Ref, ...]
+
+
 class Isolation:
     """The candidate's forward pass, each operation recomputed from its own
-    inputs. Ask in forward order: values of earlier layers are let go."""
+    inputs, with its rounding bound at unit roundoff ``u``. Ask in forward
+    order: values of earlier layers are let go."""
 
-    def __init__(self, params: Params, n_head: int, cand: Layers, ids: np.ndarray) -> None:
-        self.params, self.n_head, self.cand, self.ids = params, n_head, cand, ids
+    def __init__(self, params: Params, n_head: int, cand: Layers, ids: np.ndarray, u: float):
+        self.params, self.n_head, self.cand, self.ids, self.u = params, n_head, cand, ids, u
         self.n_layer = len(params["blocks"])
-        self.memo: dict[Ref, tuple[np.ndarray, tuple[str, ...]]] = {}
+        self.memo: dict[Ref, Recomputed] = {}
 
     def inputs(self, key: str, layer: int | None) -> list[Ref]:
         """The keys the operation making (key, layer) takes, with their layers."""
@@ -44,25 +62,28 @@ class Isolation:
         return [(k, self.n_layer if at == LAST else None if at is None else layer + at)
                 for k, at in op.inputs]  # fmt: skip
 
-    def value(self, key: str, layer: int | None) -> tuple[np.ndarray, tuple[str, ...]]:
-        """The candidate's value of (key, layer) or, where it gave none, one
-        recomputed from the values before it; and the candidate's keys it
-        comes from."""
+    def value(self, key: str, layer: int | None) -> Recomputed:
+        """The candidate's value of (key, layer), exact as given (no bound);
+        where it gave none, one recomputed from the values before it."""
         given = self.cand.get(key, {}).get(layer)
         if given is not None:
-            return np.asarray(given, np.float64), (label(key, layer),)
-        return self.isolated(key, layer)
+            return Recomputed(np.asarray(given, np.float64), None, (label(key, layer),), ())
+        found = self.isolated(key, layer)
+        return Recomputed(found.value, found.bound, found.sources, (*found.inside, (key, layer)))
 
-    def isolated(self, key: str, layer: int | None) -> tuple[np.ndarray, tuple[str, ...]]:
-        """(key, layer) recomputed from the candidate's inputs, and the
-        candidate's keys those came from."""
+    def isolated(self, key: str, layer: int | None) -> Recomputed:
+        """(key, layer) recomputed from the candidate's inputs, with its bound."""
         if (key, layer) not in self.memo:
-            values, sources = [], ()
-            for ref in self.inputs(key, layer):
-                value, source = self.value(*ref)
-                values.append(value)
-                sources += tuple(s for s in source if s not in sources)
-            self.memo[(key, layer)] = self.compute(key, layer, values), sources or ("ids",)
+            ins = [self.value(*ref) for ref in self.inputs(key, layer)]
+            sources: tuple[str, ...] = ()
+            inside: tuple[Ref, ...] = ()
+            for found in ins:
+                sources += tuple(s for s in found.sources if s not in sources)
+                inside += tuple(r for r in found.inside if r not in inside)
+            op, w = self.operation(key, layer)
+            out = op.compute(w, *(found.value for found in ins))
+            bound = bound_of(key, layer)(w, self.u, *((f.value, f.bound) for f in ins), out)
+            self.memo[(key, layer)] = Recomputed(out, bound, sources or ("ids",), inside)
             self.forget_before(layer)
         return self.memo[(key, layer)]
 
@@ -75,12 +96,26 @@ class Isolation:
             if at is not None and at < layer and key != "hidden":
                 del self.memo[(key, at)]
 
-    def compute(self, key: str, layer: int | None, args: list[np.ndarray]) -> np.ndarray:
-        """The spec's operation making (key, layer), on one sequence, in float64."""
+    def operation(self, key: str, layer: int | None) -> tuple[Operation, Weights]:
+        """The operation making (key, layer), and what it takes beside its inputs."""
         op = KEYS[key].operation(layer)
         block = None if layer is None or key == "hidden" and layer == 0 else layer + op.block
-        return op.compute(Weights(self.params, self.n_head, self.ids, block), *args)
+        return op, Weights(self.params, self.n_head, self.ids, block)
 
     def embeddings(self) -> np.ndarray:
         """hidden[0], from the ids alone."""
-        return self.compute("hidden", 0, [])
+        op, w = self.operation("hidden", 0)
+        return op.compute(w)
+
+
+def span(key: str, layer: int | None, found: Recomputed) -> str | None:
+    """Words for what was judged when inputs were recomputed: the span from
+    the candidate's keys to ``key`` (None: one operation alone)."""
+    if not found.inside:
+        return None
+    blocks = sorted({at + KEYS[k].operation(at).block for k, at in (*found.inside, (key, layer))
+                     if at is not None and not (k == "hidden" and at == 0)})  # fmt: skip
+    where = ("the whole pass" if found.sources == ("ids",) and key == "logits" else
+             f"block {blocks[0]}" if len(blocks) == 1 else
+             f"blocks {blocks[0]}-{blocks[-1]}" if blocks else "after the blocks")  # fmt: skip
+    return f"{where}, from {', '.join(found.sources)} to {label(key, layer)}"

@@ -5,7 +5,7 @@ in forward order, on a log scale, as one self-contained SVG (``compare
 Points below the tolerance line agree; a point above it is wrong. The
 carried error (against the reference) is drawn as a line of dots; with
 ``--model``, each operation's own error (recomputed from the candidate's
-inputs, against its own tighter tolerance) as squares beside it. The
+inputs, over its rounding bound) as squares beside it. The
 blamed operation, or without a model the first over tolerance, is marked.
 Hovering a point shows its key and figures.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from html import escape
 
-from picogpt2.activations import describe
 from picogpt2.oracle.comparison import Check, Report
 
 HEIGHT, TOP, BOTTOM, LEFT, RIGHT = 500, 64, 136, 72, 24
@@ -115,10 +114,10 @@ def _block_lines(checks: list[Check], x, y, named: bool) -> list[str]:
 
 
 def _tip(check: Check) -> str:
-    text = (f"{check.label}: {describe(check.key, check.layer)}; {check.max_rel:.2e} of its "
-            f"largest value (tolerance {check.rtol:.0e})")  # fmt: skip
-    if check.alone_rel is not None:
-        text += f"; alone {check.alone_rel:.2e} (tolerance {check.alone_rtol:.0e})"
+    text = (f"{check.label}: {check.what}; {check.max_rel:.2e} of its largest value "
+            f"(tolerance {check.rtol:.0e})")  # fmt: skip
+    if check.alone_margin is not None:
+        text += f"; alone {check.alone_margin:.2g} of its rounding bound"
     return escape(text)
 
 
@@ -130,7 +129,7 @@ def _series(checks: list[Check], x, y) -> list[str]:
         fill = CARRIED if check.ok else WRONG
         out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.2" fill="{fill}">'
                    f"<title>{_tip(check)}</title></circle>")  # fmt: skip
-        alone = ratio(check.alone_rel, check.alone_rtol)
+        alone = ratio(check.alone_margin, 1.0)
         if alone is not None:
             fill = ALONE if check.alone_ok else WRONG
             out.append(f'<rect x="{cx - 3:.1f}" y="{y(alone) - 3:.1f}" width="6" height="6" '
@@ -146,7 +145,7 @@ def _marks(checks: list[Check], x, y, c: Report) -> list[str]:
         return []
     i = checks.index(target)
     what = "blamed" if c.blamed is not None else "first over tolerance"
-    label = f"{what}: {target.label}, {describe(target.key, target.layer)}"
+    label = f"{what}: {target.label}, {target.what}"
     anchor = "end" if x(i) > x(len(checks) - 1) * 0.6 else "start"
     return [
         f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{y(HIGH):.1f}" y2="{y(LOW):.1f}" '

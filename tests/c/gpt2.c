@@ -8,7 +8,8 @@
  * Every activation goes to out/KEY.LAYER.npy (out/KEY.npy after the blocks),
  * one layer at a time, in picogpt2's names and shapes, with save_npy from
  * docs/oracle.md (npy.h, which the test writes from it). Sums run left to right
- * in float32: the simplest implementation, and the one with the least margin.
+ * in float32: the simplest implementation, and the one with the least margin;
+ * -DPAIRWISE sums every dot product, mean and attention pairwise instead.
  */
 #include <math.h>
 #include <stdint.h>
@@ -73,6 +74,29 @@ static void load(Model *m, const char *path) {
     m->head = transposed(m->wte, 1, m->V, C);  /* the head is wte itself: [C, V] */
 }
 
+#ifdef BUG_SCALE_HALF
+/* x rounded to float16's 11 significant bits (normal range). */
+static float half(float x) {
+    int e;
+    float m = frexpf(x, &e);
+    return ldexpf(rintf(ldexpf(m, 11)), e - 11);
+}
+#endif
+
+/* The sum of x[0], x[stride], ... (n terms): left to right, or pairwise with
+ * -DPAIRWISE (halves summed apart, then added). */
+static float total(const float *x, int n, size_t stride) {
+#ifdef PAIRWISE
+    if (n > 2) {
+        int h = n / 2;
+        return total(x, h, stride) + total(x + h * stride, n - h, stride);
+    }
+#endif
+    float sum = 0;
+    for (int i = 0; i < n; i++) sum += x[i * stride];
+    return sum;
+}
+
 static const char *dir;
 
 static void save(const char *key, int layer, const float *x, int ndim, int a, int b, int c) {
@@ -86,17 +110,18 @@ static void save(const char *key, int layer, const float *x, int ndim, int a, in
 static void layernorm(float *out, const float *x, const float *w, const float *b, int T, int C) {
     for (int t = 0; t < T; t++) {
         const float *row = x + t * C;
-        float mean = 0, var = 0;
-        for (int i = 0; i < C; i++) mean += row[i];
-        mean /= C;
-        for (int i = 0; i < C; i++) var += (row[i] - mean) * (row[i] - mean);
+        float mean = total(row, C, 1) / C, var, sq[4096];
+        for (int i = 0; i < C; i++) sq[i] = (row[i] - mean) * (row[i] - mean);
+        var = total(sq, C, 1);
 #ifdef BUG_UNBIASED
         var /= C - 1;
 #else
         var /= C;
 #endif
-#ifdef BUG_EPS_OUTSIDE
+#if defined(BUG_EPS_OUTSIDE)
         float rstd = 1.0f / (sqrtf(var) + 1e-5f);
+#elif defined(BUG_EPS_SMALL)
+        float rstd = 1.0f / sqrtf(var + 1e-6f);
 #else
         float rstd = 1.0f / sqrtf(var + 1e-5f);
 #endif
@@ -104,12 +129,43 @@ static void layernorm(float *out, const float *x, const float *w, const float *b
     }
 }
 
+#ifdef PAIRWISE
+/* sum[o] = x[lo] w[lo][o] + ... + x[hi-1] w[hi-1][o], pairwise over i as total()
+ * adds (halves apart, then together), for all o at once; scratch holds one row
+ * of OUT per level of the halving. */
+static void pairwise_rows(float *sum, const float *x, const float *w, int lo, int hi, int OUT,
+                          float *scratch) {
+    if (hi - lo <= 2) {
+        for (int o = 0; o < OUT; o++) sum[o] = 0.0f;
+        for (int i = lo; i < hi; i++)
+            for (int o = 0; o < OUT; o++) sum[o] += x[i] * w[(size_t)i * OUT + o];
+        return;
+    }
+    int mid = lo + (hi - lo) / 2;
+    pairwise_rows(sum, x, w, lo, mid, OUT, scratch + OUT);
+    pairwise_rows(scratch, x, w, mid, hi, OUT, scratch + OUT);
+    for (int o = 0; o < OUT; o++) sum[o] += scratch[o];
+}
+#endif
+
 /* out [T, OUT] = x [T, IN] @ w + bias, with w [IN, OUT] (transposed from
  * llm.c's [OUT, IN] at load). Each output's sum still runs left to right
  * over IN, in float32; the loop over the outputs is what the compiler may
  * vectorize, which changes no sum. */
 static void matmul(float *out, const float *x, const float *w, const float *bias, int T, int IN,
                    int OUT) {
+#ifdef PAIRWISE
+    int depth = 2;
+    for (int n = IN; n > 2; n = n - n / 2) depth++;
+    float *scratch = malloc(sizeof(float) * (size_t)depth * OUT);
+    for (int t = 0; t < T; t++) {
+        float *sum = out + (size_t)t * OUT;
+        pairwise_rows(sum, x + (size_t)t * IN, w, 0, IN, OUT, scratch);
+        for (int o = 0; o < OUT; o++) sum[o] += bias ? bias[o] : 0.0f;
+    }
+    free(scratch);
+    return;
+#endif
     for (int t = 0; t < T; t++) {
         float *sum = out + (size_t)t * OUT;
         for (int o = 0; o < OUT; o++) sum[o] = bias ? bias[o] : 0.0f;
@@ -125,6 +181,8 @@ static float gelu(float x) {
     return 0.5f * x * (1.0f + erff(x / sqrtf(2.0f)));
 #elif defined(BUG_GELU_CONSTANT)
     return 0.5f * x * (1.0f + tanhf(sqrtf(2.0f / 3.14f) * (x + 0.044715f * x * x * x)));
+#elif defined(BUG_GELU_CUBIC)
+    return 0.5f * x * (1.0f + tanhf(sqrtf(2.0f / (float)M_PI) * (x + 0.0447f * x * x * x)));
 #else
     return 0.5f * x * (1.0f + tanhf(sqrtf(2.0f / (float)M_PI) * (x + 0.044715f * x * x * x)));
 #endif
@@ -142,8 +200,10 @@ static void heads(float *out, const float *qkv, int which, int T, int C, int NH)
 static void attention(float *scores, float *att, float *merged, const float *q, const float *k,
                       const float *v, int T, int C, int NH) {
     int hd = C / NH;
-#ifdef BUG_SCALE
+#if defined(BUG_SCALE)
     float scale = 1.0f / hd;
+#elif defined(BUG_SCALE_HALF)
+    float scale = half(1.0f / sqrtf(half((float)hd)));
 #else
     float scale = 1.0f / sqrtf((float)hd);
 #endif
@@ -152,19 +212,21 @@ static void attention(float *scores, float *att, float *merged, const float *q, 
     for (int h = 0; h < NH; h++)
         for (int t = 0; t < T; t++) {
             float *s = scores + (h * T + t) * T, *a = att + (h * T + t) * T, top = -INFINITY;
+            float terms[4096];
             for (int u = 0; u <= t; u++) {
-                float dot = 0;
-                for (int d = 0; d < hd; d++) dot += q[(h * T + t) * hd + d] * k[(h * T + u) * hd + d];
-                s[u] = dot * scale;
+                for (int d = 0; d < hd; d++) terms[d] = q[(h * T + t) * hd + d] * k[(h * T + u) * hd + d];
+                s[u] = total(terms, hd, 1) * scale;
                 if (s[u] > top) top = s[u];
             }
-            float total = 0;
-            for (int u = 0; u <= t; u++) total += a[u] = expf(s[u] - top);
-            for (int u = 0; u <= t; u++) a[u] /= total;
+#ifdef BUG_SOFTMAX_NO_MAX
+            top = 0; /* exp(s) overflows once a score passes 88.7 */
+#endif
+            for (int u = 0; u <= t; u++) a[u] = expf(s[u] - top);
+            float sum = total(a, t + 1, 1);
+            for (int u = 0; u <= t; u++) a[u] /= sum;
             for (int d = 0; d < hd; d++) {
-                float sum = 0;
-                for (int u = 0; u <= t; u++) sum += a[u] * v[(h * T + u) * hd + d];
-                merged[t * C + h * hd + d] = sum;
+                for (int u = 0; u <= t; u++) terms[u] = a[u] * v[(h * T + u) * hd + d];
+                merged[t * C + h * hd + d] = total(terms, t + 1, 1);
             }
         }
 }
@@ -186,8 +248,13 @@ int main(int argc, char **argv) {
     float *merged = malloc(sizeof(float) * T * C), *out = malloc(sizeof(float) * T * C);
     float *pre = malloc(sizeof(float) * T * 4 * C), *hid = malloc(sizeof(float) * T * 4 * C);
     float *logits = malloc(sizeof(float) * T * m.V);
+#ifdef BUG_WPE_SHIFT
+    const int shift = 1; /* position t takes wpe[t + 1] */
+#else
+    const int shift = 0;
+#endif
     for (int t = 0; t < T; t++)
-        for (int i = 0; i < C; i++) x[t * C + i] = m.wte[ids[t] * C + i] + m.wpe[t * C + i];
+        for (int i = 0; i < C; i++) x[t * C + i] = m.wte[ids[t] * C + i] + m.wpe[(t + shift) * C + i];
     save("hidden", 0, x, 2, T, C, 0);
     for (int l = 0; l < m.L; l++) {
         layernorm(ln, x, m.ln1w + l * C, m.ln1b + l * C, T, C);

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import ports
 import pytest
 from mirror import ROOT, one_line_error, run, text
 from tiny import make_tiny_model, tiny_tensors
@@ -90,6 +91,8 @@ def exact_gelu(x):
 
 
 PATCHES = {  # gpt2.py names -> the broken function or constant
+    "gelu_cubic": ("gelu", ports.gelu_cubic),
+    "eps_small": ("layer_norm", ports.eps_small),
     "gelu_constant": ("SQRT_2_OVER_PI", math.sqrt(2.0 / 3.14)),
     "gelu_form": ("gelu", exact_gelu),
     "variance": ("layer_norm", unbiased_layer_norm),
@@ -105,6 +108,7 @@ EDITS = {  # changes to every block's weights that a port's bug amounts to
     "no_bias_mlp_c_proj": zero_bias("mlp", "c_proj"),
 }
 BLAMED = {
+    "gelu_cubic": "mlp_hidden[0]", "eps_small": "ln_1[0]", "wpe_shift": "hidden[0]",
     "gelu_constant": "mlp_hidden[0]", "gelu_form": "mlp_hidden[0]", "variance": "ln_1[0]",
     "eps": "ln_1[0]", "scale": "attn_scores[0]", "q_k_swap": "q[0]", "k_v_swap": "k[0]",
     "no_bias_c_attn": "q[0]", "no_bias_attn_c_proj": "attn_out[0]",
@@ -117,6 +121,8 @@ def test_a_numpy_bug_is_blamed_on_its_own_operation(wide, tmp_path, monkeypatch,
     model = load_model("wide", wide, show_progress=False)
     if bug in PATCHES:
         monkeypatch.setattr(gpt2, *PATCHES[bug])
+    elif bug == "wpe_shift":
+        ports.wpe_shift(model.params)
     else:
         for block in model.params["blocks"]:
             EDITS[bug](block)
@@ -125,6 +131,12 @@ def test_a_numpy_bug_is_blamed_on_its_own_operation(wide, tmp_path, monkeypatch,
     monkeypatch.undo()
     last = blamed_with_model(wide, candidate)
     assert last.startswith(f"blamed: {BLAMED[bug]}, "), last
+    if bug == "gelu_cubic":  # within the end-to-end tolerance, and still one verdict: NOT OK
+        assert "NOT OK although every key is within the end-to-end tolerance" in last, last
+        r = compare(wide, candidate, "--model", "wide", "--models-dir", str(wide), "--json")
+        report = json.loads(r.stdout)
+        assert r.returncode == 1 and not report["ok"] and report["blamed"]["label"] == BLAMED[bug]
+        assert report["first_wrong"] is None
 
 
 def test_without_the_model_the_verdict_claims_no_more_than_it_knows(wide, tmp_path, monkeypatch):
@@ -156,22 +168,38 @@ def c_build(wide, tmp_path_factory):
     return build
 
 
-def run_c(build: Path, bug: str | None, ids: list[int], name: str) -> Path:
+def run_c(
+    build: Path, bug: str | None, ids: list[int], name: str, model: Path | None = None
+) -> Path:
+    """tests/c/gpt2.c built with ``bug`` (a BUG_ name, a NO_BIAS one, or
+    "pairwise": correct, summing pairwise), run over ``ids``: its folder."""
     binary = build / f"gpt2_{bug or 'clean'}"
     if not binary.exists():
         which = NO_BIAS.index(bug) + 1 if bug in NO_BIAS else None
-        define = [f"-DNO_BIAS={which}"] if which else [f"-DBUG_{bug.upper()}"] if bug else []
+        define = ([f"-DNO_BIAS={which}"] if which else ["-DPAIRWISE"] if bug == "pairwise"
+                  else [f"-DBUG_{bug.upper()}"] if bug else [])  # fmt: skip
         subprocess.run([CC, "-O3", "-Wall", "-Werror", *define, "-o", str(binary),
                         str(build / "gpt2.c"), "-lm"], check=True)  # fmt: skip
     np.asarray(ids, np.int32).tofile(build / f"{name}.ids")
     out = build / name
     out.mkdir()
-    subprocess.run([binary, build / "wide.bin", build / f"{name}.ids", out], check=True,
+    subprocess.run([binary, model or build / "wide.bin", build / f"{name}.ids", out], check=True,
                    timeout=600)  # fmt: skip
     return out
 
 
-C_BUGS = {"gelu_constant": "mlp_hidden[0]", "gelu_erf": "mlp_hidden[0]", "unbiased": "ln_1[0]",
+def sparse(folder: Path) -> Path:
+    """The C candidate's folder with only hidden, ln_f and logits kept."""
+    kept = folder.with_name(folder.name + "_sparse")
+    kept.mkdir()
+    for path in folder.iterdir():
+        if path.name.startswith(("hidden.", "ln_f.", "logits.")):
+            (kept / path.name).symlink_to(path)
+    return kept
+
+
+C_BUGS = {"gelu_cubic": "mlp_hidden[0]", "eps_small": "ln_1[0]", "wpe_shift": "hidden[0]",
+          "gelu_constant": "mlp_hidden[0]", "gelu_erf": "mlp_hidden[0]", "unbiased": "ln_1[0]",
           "eps_outside": "ln_1[0]", "scale": "attn_scores[0]", "qk_swap": "q[0]",
           "kv_swap": "k[0]", "no_bias_c_attn": "q[0]", "no_bias_attn_c_proj": "attn_out[0]",
           "no_bias_c_fc": "mlp_pre[0]", "no_bias_mlp_c_proj": "mlp_out[0]"}  # fmt: skip
@@ -192,12 +220,202 @@ def test_the_clean_c_candidate_passes_at_the_full_context(wide, c_build, tmp_pat
             "--out", str(ref), "--model-size", "wide", "--models-dir", str(wide),
             timeout=600)  # fmt: skip
     assert r.returncode == 0, text(r.stderr)
-    r = compare(wide, out, "--model", "wide", "--models-dir", str(wide), "--json", reference=ref)
-    report = json.loads(r.stdout)
-    assert r.returncode == 0 and report["ok"] and report["blamed"] is None, report["conclusion"]
-    worst = max(c["max_rel"] / c["rtol"] for c in report["checks"])
-    assert worst < 0.5  # half the tolerance at most: the margin documented holds
+    report = clean(wide, out, ref)
     assert report["distributions"]["greedy_agreement"] == 1.0
+
+
+def clean(wide: Path, candidate: Path, ref: Path, name: str = "wide") -> dict:
+    """compare --model's JSON for a correct candidate: exit 0, nothing
+    blamed, carried errors within half their tolerance, the sums' own
+    errors within 60% of their bounds."""
+    r = compare(wide, candidate, "--model", name, "--models-dir", str(wide), "--json",
+                reference=ref)  # fmt: skip
+    report = json.loads(r.stdout)
+    assert r.returncode == 0 and report["ok"] and "blamed" not in report, report["conclusion"]
+    assert "blamed" not in text(r.stdout)
+    assert max(c["max_rel"] / c["rtol"] for c in report["checks"]) < 0.5
+    summed = [c for c in report["checks"] if c["label"] != "hidden[0]"]  # one rounding: up to 1
+    assert max(c["alone_margin"] for c in summed) < 0.6
+    return report
+
+
+def test_the_pairwise_c_candidate_passes_with_every_key_and_as_spans(wide, c_build, tmp_path):
+    ids = np.random.default_rng(1).integers(0, 264, 128).tolist()
+    out = run_c(c_build, "pairwise", ids, "pairwise128")
+    ref = tmp_path / "ref128.npz"
+    r = run("dump", "--ids", ",".join(map(str, ids)), "--dtype", "float64", "--detail",
+            "--out", str(ref), "--model-size", "wide", "--models-dir", str(wide))  # fmt: skip
+    assert r.returncode == 0, text(r.stderr)
+    clean(wide, out, ref)
+    report = clean(wide, sparse(out), ref)  # hidden, ln_f, logits: each block one span
+    spans = {c["span"] for c in report["checks"] if c["span"]}
+    assert spans == {"block 0, from hidden[0] to hidden[1]", "block 1, from hidden[1] to hidden[2]"}
+
+
+# -- correct ports that round differently, and the bounds' margins ------------------
+
+
+def traced(params, ids, patch: dict, n_head: int = H.n_head) -> dict[str, np.ndarray]:
+    return ports.traced(params, ids, patch, n_head)
+
+
+PORTS = {  # name -> (gpt2.py functions replaced, precision)
+    "ours (BLAS)": ({}, "float32"),
+    "pairwise": (ports.Pairwise(np.float32, np.float32).functions(), "float32"),
+    "left to right": (ports.LeftToRight(np.float32, np.float32).functions(), "float32"),
+    "left to right, float64": (ports.LeftToRight(np.float64, np.float64).functions(), "float64"),
+}
+
+
+H1 = HParams(**{**H.as_dict(), "n_layer": 1, "n_vocab": 512})  # 124M's widths, one block
+
+
+@pytest.fixture(scope="module")
+def wide1(wide):
+    """One block of 124M's widths, a small vocabulary (no sum runs over it),
+    its float64 references of 16, 256 and 1024 positions, and its llm.c file."""
+    vocabulary = wide.parent / "vocabulary"
+    safetensors.write(wide / "wide1", H1, tiny_tensors(H1.as_dict(), seed=5, scale=0.02),
+                      vocabulary)  # fmt: skip
+    refs = {}
+    for n in (16, 256, 1024):
+        refs[n] = np.random.default_rng(n).integers(0, 264, n).tolist()
+        r = run("dump", "--ids", ",".join(map(str, refs[n])), "--dtype", "float64", "--detail",
+                "--out", str(wide.parent / f"ref1_{n}.npz"), "--model-size", "wide1",
+                "--models-dir", str(wide), timeout=600)  # fmt: skip
+        assert r.returncode == 0, text(r.stderr)
+    r = run("export", "wide1", "--models-dir", str(wide), "--to", "llmc",
+            str(wide.parent / "wide1.bin"))  # fmt: skip
+    assert r.returncode == 0, text(r.stderr)
+    return refs
+
+
+def judge_port(wide: Path, wide1: dict, port: str, n: int) -> None:
+    """A NumPy port of one block at 124M's widths over n positions, judged
+    with every key and with each block as one span: OK, nothing blamed."""
+    from picogpt2.oracle.comparison import Model
+    from picogpt2.oracle.comparison import compare as judge
+    from picogpt2.weights.params import map_params
+
+    model = load_model("wide1", wide, show_progress=False)
+    patch, precision = PORTS[port]
+    params = model.params if precision == "float32" else map_params(
+        model.params, lambda a: a.astype(np.float64))  # fmt: skip
+    candidate = traced(params, wide1[n], patch)
+    reference = dict(np.load(wide.parent / f"ref1_{n}.npz"))
+    for keys in (candidate, {k: candidate[k] for k in ("ids", "hidden", "ln_f", "logits")}):
+        report = judge(reference, keys, model=Model(model.params, H.n_head), precision=precision)
+        assert report.ok and report.blamed is None, [
+            (c.label, c.alone_margin) for c in report.checks if not c.passed
+        ]
+        assert max(c.alone_margin for c in report.checks if c.label != "hidden[0]") < 0.6
+        assert max(c.max_rel / c.rtol for c in report.checks) < 0.5
+
+
+@pytest.mark.parametrize("port", list(PORTS))
+def test_a_correct_port_that_rounds_otherwise_passes_every_bound(wide, wide1, port):
+    judge_port(wide, wide1, port, 16)
+
+
+@pytest.mark.calibration
+@pytest.mark.parametrize("n", [256, 1024])
+@pytest.mark.parametrize("port", [*PORTS, "C left to right", "C pairwise"])
+def test_calibration_every_correct_port_passes_at_every_length(wide, wide1, c_build, port, n):
+    if not port.startswith("C "):
+        return judge_port(wide, wide1, port, n)
+    bug = "pairwise" if port == "C pairwise" else None
+    out = run_c(c_build, bug, wide1[n], f"{bug}_{n}", wide.parent / "wide1.bin")
+    for candidate in (out, sparse(out)):
+        clean(wide, candidate, wide.parent / f"ref1_{n}.npz", "wide1")
+
+
+# -- the scale in float16 (a head_dim where it is inexact) ---------------------------
+
+H48 = HParams(n_vocab=512, n_ctx=64, n_embd=96, n_head=2, n_layer=1)  # head_dim 48
+
+
+@pytest.fixture(scope="module")
+def wide48(wide):
+    """A model whose head_dim (48) float16 does not hold 1/sqrt of exactly,
+    its float64 reference of IDS, and its llm.c file."""
+    vocabulary = wide.parent / "vocabulary"
+    safetensors.write(wide / "wide48", H48, tiny_tensors(H48.as_dict(), seed=4, scale=0.02),
+                      vocabulary)  # fmt: skip
+    r = run("dump", "--ids", ",".join(map(str, IDS)), "--dtype", "float64", "--detail",
+            "--out", str(wide.parent / "ref48.npz"), "--model-size", "wide48", "--models-dir",
+            str(wide))  # fmt: skip
+    assert r.returncode == 0, text(r.stderr)
+    r = run("export", "wide48", "--models-dir", str(wide), "--to", "llmc",
+            str(wide.parent / "wide48.bin"))  # fmt: skip
+    assert r.returncode == 0, text(r.stderr)
+    return wide.parent
+
+
+def test_the_scale_computed_in_float16_is_blamed_in_numpy(wide, wide48, tmp_path, monkeypatch):
+    model = load_model("wide48", wide, show_progress=False)
+    monkeypatch.setattr(gpt2, "attention_scores", ports.scale_half)
+    np.savez(tmp_path / "mine.npz", **model.trace(IDS, detail=True))
+    monkeypatch.undo()
+    r = run("compare", str(wide48 / "ref48.npz"), str(tmp_path / "mine.npz"), "--model",
+            "wide48", "--models-dir", str(wide))  # fmt: skip
+    last = text(r.stdout).splitlines()[-1]
+    assert r.returncode == 1 and last.startswith("blamed: attn_scores[0], "), last
+
+
+def test_the_scale_computed_in_float16_is_blamed_in_c(wide, wide48, c_build):
+    out = run_c(c_build, "scale_half", IDS, "scale_half", wide48 / "wide48.bin")
+    r = run("compare", str(wide48 / "ref48.npz"), str(out), "--model", "wide48", "--models-dir",
+            str(wide))  # fmt: skip
+    last = text(r.stdout).splitlines()[-1]
+    assert r.returncode == 1 and last.startswith("blamed: attn_scores[0], "), last
+    clean = run_c(c_build, None, IDS, "clean48", wide48 / "wide48.bin")
+    r = run("compare", str(wide48 / "ref48.npz"), str(clean), "--model", "wide48",
+            "--models-dir", str(wide))  # fmt: skip
+    assert r.returncode == 0, text(r.stdout)
+
+
+# -- the stress input: scores of 100 ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stressed(real_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stress") / "fx"
+    r = run("fixture", str(out), "--stress", "--encoder-dir", str(real_dir))
+    assert r.returncode == 0, text(r.stderr)
+    words = " ".join((out / "README.md").read_text().split())
+    assert re.search(r"largest attention score over the prompt is (9[5-9]|10[0-5])\.", words)
+    return out
+
+
+def unsafe_softmax(x):
+    e = np.exp(x)  # no max subtracted: exp(100) overflows float32
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def test_a_softmax_without_the_max_fails_on_the_stress_input(stressed, tmp_path):
+    model = load_model(str(stressed / "openai"), show_progress=False)
+    ids = json.loads((stressed / "samples.json").read_text())["prompt_ids"]
+    for name, patch in (("safe", {}), ("unsafe", {"softmax": unsafe_softmax})):
+        candidate = traced(model.params, ids, patch, model.hparams.n_head)
+        np.savez(tmp_path / f"{name}.npz", **candidate)
+        r = run("compare", str(stressed / "reference.safetensors"), str(tmp_path / f"{name}.npz"),
+                "--model", str(stressed / "openai"))  # fmt: skip
+        last = text(r.stdout).splitlines()[-1]
+        if name == "safe":  # scores of 100, held to their bounds: exp's argument pays u |s - max|
+            assert r.returncode == 0 and "blamed" not in text(r.stdout), text(r.stdout)
+        else:
+            assert r.returncode == 1 and last.startswith("blamed: attn[0], "), last
+
+
+def test_a_c_softmax_without_the_max_fails_on_the_stress_input(stressed, c_build):
+    ids = json.loads((stressed / "samples.json").read_text())["prompt_ids"]
+    for bug in (None, "softmax_no_max"):
+        out = run_c(c_build, bug, ids, f"stress_{bug}", stressed / "llmc" / "model.bin")
+        r = run("compare", str(stressed / "reference.safetensors"), str(out), "--model",
+                str(stressed / "openai"))  # fmt: skip
+        last = text(r.stdout).splitlines()[-1]
+        assert r.returncode == (1 if bug else 0), text(r.stdout)
+        assert last.startswith("blamed: attn[0], ") if bug else last.startswith("OK: "), last
 
 
 # -- what people save ----------------------------------------------------------------
@@ -352,3 +570,69 @@ def test_attention_probabilities_are_held_to_the_scores_magnitude(tmp_path):
     np.savez(tmp_path / "ref_alone.npz", attn=attn)  # no scores: judged against attn's own size
     r = run("compare", str(tmp_path / "ref_alone.npz"), str(tmp_path / "mine.npz"))
     assert r.returncode == 1, text(r.stdout)
+
+
+# -- decode steps placed ---------------------------------------------------------------
+
+
+def decode(params, prompt: list[int], n: int, position) -> dict[str, np.ndarray]:
+    """A port's greedy decode loop, with a KV cache: the prompt in one pass,
+    then one token a step, placed at ``position(past, len(prompt))``; its
+    figures saved as dump --generate names them."""
+    from picogpt2.state import KVCache
+
+    params = {k: v for k, v in params.items()}
+    wpe = np.asarray(params.pop("wpe"))
+    head_dim = H.n_embd // H.n_head
+    caches = [KVCache(1, H.n_head, len(prompt) + n, head_dim, wpe) for _ in params["blocks"]]
+    logits = gpt2.gpt2(np.asarray([prompt]), wpe=wpe, **params, n_head=H.n_head, cache=caches)
+    rows, chosen = [], []
+    for _ in range(n):
+        row = np.asarray(logits[0, -1], np.float64)
+        rows.append(row)
+        chosen.append(int(np.argmax(row)))
+        past = caches[0].length
+        placed = wpe.copy()
+        placed[past] = wpe[position(past, len(prompt))]
+        logits = gpt2.gpt2(np.asarray([[chosen[-1]]]), wpe=placed, **params, n_head=H.n_head,
+                           cache=caches)  # fmt: skip
+    rows = np.stack(rows)
+    top = np.argsort(-rows, axis=-1, kind="stable")[:, :5]
+    logprobs = gpt2.log_softmax(rows)
+    return {"gen_ids": np.asarray(chosen), "gen_top_ids": top,
+            "gen_top_logits": np.take_along_axis(rows, top, -1).astype(np.float32),
+            "gen_top_logprobs": np.take_along_axis(logprobs, top, -1),
+            "gen_logprob": logprobs[np.arange(n), chosen]}  # fmt: skip
+
+
+DECODE_BUGS = {  # a port's position after the prompt -> what the verdict names
+    "restart": (lambda past, prompt: past - prompt, "position 0 (wpe[0])"),
+    "one before": (lambda past, prompt: past - 1, "the position before"),
+}
+
+
+@pytest.mark.parametrize("bug", list(DECODE_BUGS))
+def test_a_decode_bug_is_placed_at_its_step_with_the_position_named(wide, tmp_path, bug):
+    model = load_model("wide", wide, show_progress=False)
+    prompt = IDS[:8]
+    ref = tmp_path / "gen.npz"
+    r = run("dump", "--ids", ",".join(map(str, prompt)), "--generate", "6", "--dtype", "float64",
+            "--out", str(ref), "--model-size", "wide", "--models-dir", str(wide))  # fmt: skip
+    assert r.returncode == 0, text(r.stderr)
+    position, named = DECODE_BUGS[bug]
+    mine = decode(model.params, prompt, 6, position)
+    np.savez(tmp_path / "mine.npz", **model.trace(prompt), **mine)
+    r = compare(wide, tmp_path / "mine.npz", "--model", "wide", "--models-dir", str(wide),
+                reference=ref)  # fmt: skip
+    out = text(r.stdout)
+    last = out.splitlines()[-1]
+    assert r.returncode == 1, out
+    assert "the prompt pass is right" in last and "step 1 (the first cached position" in last, last
+    assert f"match its token at {named}" in last and "and no other recomputation" in last, last
+    # the right decode, for contrast: every step and figure agrees
+    np.savez(tmp_path / "right.npz", **model.trace(prompt),
+             **decode(model.params, prompt, 6, lambda past, _: past))  # fmt: skip
+    r = compare(wide, tmp_path / "right.npz", "--model", "wide", "--models-dir", str(wide),
+                reference=ref)  # fmt: skip
+    assert r.returncode == 0, text(r.stdout)
+    assert "\ngen_logprob " in text(r.stdout) and "\ngen_top_ids " in text(r.stdout)
