@@ -287,17 +287,22 @@ def measure(
 
 
 def margins(
-    value: np.ndarray, bound: np.ndarray, cand: np.ndarray, how: dict, mask: np.ndarray | None
+    key: str, value: np.ndarray, bound: rounding.Bound, cand: np.ndarray, tiny: float
 ) -> tuple[float, float, float, list[int], float, float]:
     """The largest |cand - value| / bound, a chunk of rows at a time: that
     ratio, the error and the bound there, where; and the largest error and
-    the largest |value| (``how``'s transform applied to both values,
-    ``mask`` picking the entries judged)."""
-    transform = how.get("transform")
-    best = (0.0, 0.0, float(bound.flat[0]) if bound.size else 0.0, [0] * value.ndim)
-    worst, scale = 0.0, 0.0
-    for (start, r), (_, c), (_, b) in zip(row_chunks(value), row_chunks(cand), row_chunks(bound),
-                                          strict=True):  # fmt: skip
+    the largest |value|. Measured as ``how`` says (logits as log-softmax,
+    their bound carried there; scores on the causal triangle); ``tiny``
+    added to every bound."""
+    transform = how(key, value).get("transform")
+    mask = causal(value) if key == "attn_scores" else None
+    best, worst, scale = (0.0, 0.0, tiny, [0] * value.ndim), 0.0, 0.0
+    for (start, r), (_, c) in zip(row_chunks(value), row_chunks(cand), strict=True):
+        rows = slice(start, start + len(r)) if value.ndim else ...
+        b = rounding.Bound(bound.worst[rows], bound.scale[rows])
+        if key == "logits":
+            b = rounding.log_softmax(r, b)
+        b = b.limit() + tiny
         r, c = np.asarray(r, np.float64), np.asarray(c, np.float64)
         if transform is not None:
             r, c = transform(r), transform(c)
@@ -478,11 +483,7 @@ class _Judge:
             result.alone_margin, result.alone_abs, result.alone_bound = margin, worst, allowed
             result.alone_index = at
         else:
-            bound = rounding.log_softmax(found.value, found.bound) if key == "logits" else (
-                found.bound)  # fmt: skip
-            bound = bound.limit()
-            mask = causal(found.value) if key == "attn_scores" else None
-            m = margins(found.value, bound + self.tiny, cand, how(key, found.value), mask)
+            m = margins(key, found.value, found.bound, cand, self.tiny)
             result.alone_margin, result.alone_abs, result.alone_bound, result.alone_index = m[:4]
             worst, scale = m[4:]
             result.alone_rel = worst / scale if scale else (0.0 if worst == 0 else float("inf"))

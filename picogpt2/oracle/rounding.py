@@ -97,7 +97,11 @@ def both(u: float, each: np.ndarray, n: int | np.ndarray, magnitude: np.ndarray)
     total magnitude ``magnitude``: n - 1 roundings in the worst case, a
     scale of sqrt(n - 1)."""
     m = np.maximum(np.asarray(n, np.float64) - 1, 0)
-    return Bound(each + u * m * magnitude, each + u * np.sqrt(m) * magnitude)
+    worst = magnitude * (u * m)
+    worst += each
+    scale = magnitude * (u * np.sqrt(m))
+    scale += each
+    return Bound(worst, scale)
 
 
 def exactly(e: np.ndarray) -> Bound:
@@ -131,8 +135,11 @@ def linear(
     products = np.abs(x) @ np.abs(w)  # [n, n_out]: S of each output
     magnitude = products if b is None else products + np.abs(b)
     bound = both(u, u * (magnitude + np.abs(out)), n_in + (b is not None), magnitude)
-    if ex is None:  # x known to u |x|: carried, u S at most
-        return bound + exactly(u * products)
+    if ex is None:  # x known to u |x|: carried, u S at most (in place: the head is large)
+        products *= u
+        bound.worst += products
+        bound.scale += products
+        return bound
     return bound + Bound(ex.worst @ np.abs(w), np.sqrt((ex.scale * ex.scale) @ (w * w)))
 
 
