@@ -115,11 +115,17 @@ def conclusion(r: Report) -> str:
     if wrong is not None and wrong.key.startswith("gen_") or not r.ok and r.placement:
         return decode_line(r)
     if wrong is not None and r.isolated:
+        head = (f"NOT OK: {wrong.label} is {wrong.max_rel:.1e} of its largest value from the "
+                f"reference, over the end-to-end tolerance {wrong.rtol:.0e}")  # fmt: skip
+        spans = [c.span for c in r.checks if c.span]
+        if spans:
+            return (f"{head}, yet every operation and span judged is within its rounding bound "
+                    f"on your inputs ({'; '.join(spans[:2])}{'; ...' if len(spans) > 2 else ''}): "
+                    "a span's bound composes all its operations', so a deviation this small has "
+                    "no place to show there: save the keys inside it")  # fmt: skip
         return (
-            f"NOT OK: {wrong.label} is {wrong.max_rel:.1e} of its largest value from the "
-            f"reference, over the end-to-end tolerance {wrong.rtol:.0e}, yet every operation is "
-            "within its rounding bound on its own inputs: rounding carried through the pass "
-            "grew past the tolerance"
+            f"{head}, yet every operation is within its rounding bound on its own inputs: "
+            "rounding carried through the pass grew past the tolerance"
         )
     if wrong is not None:
         return unisolated(r, wrong)
@@ -190,12 +196,31 @@ def blame_line(r: Report, blamed: Check) -> str:
         f"{'the tolerance' if r.overridden else 'its rounding bound there'} "
         f"({blamed.alone_bound:.1e}); {before}"
     )
+    if blamed.key == "hidden" and blamed.layer == 0 and not blamed.span:
+        text += f"; {other_weights(blamed.alone_rel)}"
     if r.first_wrong is None:
         text += (
             "; NOT OK although every key is within the end-to-end tolerance: a real deviation, "
             "hidden there by small magnitudes"
         )
     return text
+
+
+# The size of a weight's rounding to a smaller type, relative to the largest:
+# a value is off by up to half a unit in its last place.
+ROUNDED_TO = (("float16", 2.0**-11), ("bfloat16", 2.0**-8))
+
+
+def other_weights(relative: float) -> str:
+    """hidden[0] is the model's weights alone (wte[ids] + wpe): what an
+    error there of ``relative`` (of its largest value) says."""
+    size = next((name for name, half in ROUNDED_TO if half / 16 <= relative <= half), None)
+    text = (f"hidden[0] is the weights alone, wte[ids] + wpe, and yours are {relative:.1e} of "
+            "their largest value from --model's: ")  # fmt: skip
+    if size is not None:
+        return text + (f"the size of {size} rounding: your weights are not the reference's "
+                       f"(stored in {size}, or quantized?)")  # fmt: skip
+    return text + "your token or position embeddings are not the model's (other weights, or rows)"
 
 
 def unisolated(r: Report, wrong: Check) -> str:

@@ -111,7 +111,8 @@ class ModelRef:
 
     def describe(self) -> str:
         """Which model this is, in words, for a status line."""
-        if self.path == self.models_dir / self.name:
+        # An absolute name joins to itself (models_dir / "/x" is "/x"): a path given.
+        if not Path(self.name).is_absolute() and self.path == self.models_dir / self.name:
             return f"GPT-2 {self.name} from the models folder {self.models_dir}"
         return f"GPT-2 from {self.path.resolve()} (the path given)"
 

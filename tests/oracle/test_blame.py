@@ -636,3 +636,37 @@ def test_a_decode_bug_is_placed_at_its_step_with_the_position_named(wide, tmp_pa
                 reference=ref)  # fmt: skip
     assert r.returncode == 0, text(r.stdout)
     assert "\ngen_logprob " in text(r.stdout) and "\ngen_top_ids " in text(r.stdout)
+
+
+# -- other weights, and no key between the ids and the logits ------------------------
+
+
+def test_weights_rounded_to_float16_are_named_as_such(wide, tmp_path):
+    from picogpt2.weights.params import map_params
+
+    model = load_model("wide", wide, show_progress=False)
+    model.params = map_params(model.params, lambda a: a.astype(np.float16).astype(np.float32))
+    np.savez(tmp_path / "mine.npz", **model.trace(IDS, detail=True))
+    last = blamed_with_model(wide, tmp_path / "mine.npz")
+    assert last.startswith("blamed: hidden[0], the embeddings"), last
+    assert "the size of float16 rounding: your weights are not the reference's" in last, last
+
+
+def test_with_only_the_logits_the_blame_is_the_whole_pass(wide, tmp_path, monkeypatch):
+    model = load_model("wide", wide, show_progress=False)
+    for block in model.params["blocks"]:
+        EDITS["no_bias_c_fc"](block)
+    trace = model.trace(IDS)
+    np.savez(tmp_path / "mine.npz", ids=trace["ids"], logits=trace["logits"])
+    last = blamed_with_model(wide, tmp_path / "mine.npz")
+    assert last.startswith("blamed: logits, the whole pass, from ids to logits"), last
+    # a bug smaller than the whole pass's rounding: over the tolerance, and said to be unplaced
+    model = load_model("wide", wide, show_progress=False)
+    monkeypatch.setattr(gpt2, "gelu", ports.exact_gelu)
+    trace = model.trace(IDS)
+    np.savez(tmp_path / "erf.npz", ids=trace["ids"], logits=trace["logits"])
+    monkeypatch.undo()
+    r = compare(wide, tmp_path / "erf.npz", "--model", "wide", "--models-dir", str(wide))
+    last = text(r.stdout).splitlines()[-1]
+    assert r.returncode == 1 and "blamed" not in text(r.stdout), last
+    assert "(the whole pass, from ids to logits)" in last and "save the keys inside it" in last

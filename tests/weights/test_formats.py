@@ -258,6 +258,9 @@ def test_export_round_trips_bit_exactly(models, ours, tmp_path, fmt, out):
     for name in mine:
         np.testing.assert_array_equal(np.asarray(theirs[name]), mine[name], err_msg=name)
     np.testing.assert_array_equal(back.logits(IDS), ours.logits(IDS))
+    if fmt == "hf":  # both names of the context: llama.cpp's converter reads n_ctx
+        config = json.loads((tmp_path / out / "config.json").read_text())
+        assert config["n_positions"] == config["n_ctx"] == ours.hparams.n_ctx
     again = run("export", "tiny", "--models-dir", str(models), "--to", fmt, str(tmp_path / out))
     one_line_error(again, 2, "exists: name a new file or folder")
 

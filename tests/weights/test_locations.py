@@ -27,6 +27,11 @@ def test_the_readmes_own_export_then_generate_pair_works_from_any_folder(
         assert f"loading GPT-2 from {where} (the path given)" in text(r.stderr)
     r = run("generate", "the cat", "--n-tokens", "4", *tiny(converted_models), cwd=work)
     assert f"loading GPT-2 tiny from the models folder {converted_models}" in text(r.stderr)
+    absolute = converted_models / "tiny"  # in the models folder, but named by its whole path
+    r = run("generate", "the cat", "--n-tokens", "4", "--model-size", str(absolute),
+            "--models-dir", str(converted_models), cwd=work)  # fmt: skip
+    assert r.returncode == 0 and r.stdout == expected, text(r.stderr)
+    assert f"loading GPT-2 from {absolute.resolve()} (the path given)" in text(r.stderr)
 
 
 def test_a_path_that_does_not_exist_is_not_looked_for_in_the_models_folder(

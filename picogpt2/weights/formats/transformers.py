@@ -211,6 +211,7 @@ def config_json(hparams: HParams, eot_token: int) -> dict:
         "model_type": "gpt2",
         "vocab_size": hparams.n_vocab,
         "n_positions": hparams.n_ctx,
+        "n_ctx": hparams.n_ctx,  # the older name: llama.cpp's convert_hf_to_gguf.py reads it
         "n_embd": hparams.n_embd,
         "n_layer": hparams.n_layer,
         "n_head": hparams.n_head,
