@@ -162,6 +162,7 @@ DOCUMENTS = [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]
 # elsewhere, or needs what a test cannot have. Matched as substrings.
 NOT_RUN = {
     "python -m pytest -q": "the test suite itself (.ci/run runs it)",
+    "-m calibration": "the calibration matrix, some ten minutes: run by hand (docs/oracle.md)",
     "dask scheduler": "a cluster of machines: tests/scoring/test_corpus.py runs one on loopback",
     "dask worker": "a cluster of machines: tests/scoring/test_corpus.py runs one on loopback",
     "--scheduler tcp://HOST:8786": "a cluster of machines: tests/scoring/test_corpus.py runs one",

@@ -212,16 +212,23 @@ def test_a_c_bug_is_blamed_on_its_own_operation(wide, c_build, bug):
     assert last.startswith(f"blamed: {C_BUGS[bug]}, "), last
 
 
-def test_the_clean_c_candidate_passes_at_the_full_context(wide, c_build, tmp_path):
+def test_the_clean_c_candidate_passes_at_the_full_context(wide, wide1, c_build):
+    out = run_c(c_build, None, wide1[H.n_ctx], "clean1024", wide.parent / "wide1.bin")
+    report = clean(wide, out, wide1.reference(H.n_ctx), "wide1")
+    assert report["distributions"]["greedy_agreement"] == 1.0
+
+
+@pytest.mark.calibration
+def test_calibration_the_c_candidate_at_the_full_context_two_blocks(wide, c_build, tmp_path):
     ids = np.random.default_rng(0).integers(0, 264, H.n_ctx).tolist()
-    out = run_c(c_build, None, ids, "clean1024")
+    out = run_c(c_build, None, ids, "clean1024_two_blocks")
     ref = tmp_path / "ref1024.npz"
     r = run("dump", "--ids", ",".join(map(str, ids)), "--dtype", "float64", "--detail",
             "--out", str(ref), "--model-size", "wide", "--models-dir", str(wide),
             timeout=600)  # fmt: skip
     assert r.returncode == 0, text(r.stderr)
-    report = clean(wide, out, ref)
-    assert report["distributions"]["greedy_agreement"] == 1.0
+    for candidate in (out, sparse(out)):
+        clean(wide, candidate, ref)
 
 
 def clean(wide: Path, candidate: Path, ref: Path, name: str = "wide") -> dict:
@@ -270,27 +277,40 @@ PORTS = {  # name -> (gpt2.py functions replaced, precision)
 H1 = HParams(**{**H.as_dict(), "n_layer": 1, "n_vocab": 512})  # 124M's widths, one block
 
 
+class Wide1:
+    """One block of 124M's widths and a small vocabulary (no sum runs over
+    it), its llm.c file, and its float64 reference of n positions, dumped
+    the first time it is asked for: ``wide1[n]`` is the ids."""
+
+    def __init__(self, models: Path) -> None:
+        self.models, self.ids = models, {}
+        vocabulary = models.parent / "vocabulary"
+        safetensors.write(models / "wide1", H1, tiny_tensors(H1.as_dict(), seed=5, scale=0.02),
+                          vocabulary)  # fmt: skip
+        r = run("export", "wide1", "--models-dir", str(models), "--to", "llmc",
+                str(models.parent / "wide1.bin"))  # fmt: skip
+        assert r.returncode == 0, text(r.stderr)
+
+    def __getitem__(self, n: int) -> list[int]:
+        if n not in self.ids:
+            ids = np.random.default_rng(n).integers(0, 264, n).tolist()
+            r = run("dump", "--ids", ",".join(map(str, ids)), "--dtype", "float64", "--detail",
+                    "--out", str(self.reference(n)), "--model-size", "wide1", "--models-dir",
+                    str(self.models), timeout=600)  # fmt: skip
+            assert r.returncode == 0, text(r.stderr)
+            self.ids[n] = ids
+        return self.ids[n]
+
+    def reference(self, n: int) -> Path:
+        return self.models.parent / f"ref1_{n}.npz"
+
+
 @pytest.fixture(scope="module")
 def wide1(wide):
-    """One block of 124M's widths, a small vocabulary (no sum runs over it),
-    its float64 references of 16, 256 and 1024 positions, and its llm.c file."""
-    vocabulary = wide.parent / "vocabulary"
-    safetensors.write(wide / "wide1", H1, tiny_tensors(H1.as_dict(), seed=5, scale=0.02),
-                      vocabulary)  # fmt: skip
-    refs = {}
-    for n in (16, 256, 1024):
-        refs[n] = np.random.default_rng(n).integers(0, 264, n).tolist()
-        r = run("dump", "--ids", ",".join(map(str, refs[n])), "--dtype", "float64", "--detail",
-                "--out", str(wide.parent / f"ref1_{n}.npz"), "--model-size", "wide1",
-                "--models-dir", str(wide), timeout=600)  # fmt: skip
-        assert r.returncode == 0, text(r.stderr)
-    r = run("export", "wide1", "--models-dir", str(wide), "--to", "llmc",
-            str(wide.parent / "wide1.bin"))  # fmt: skip
-    assert r.returncode == 0, text(r.stderr)
-    return refs
+    return Wide1(wide)
 
 
-def judge_port(wide: Path, wide1: dict, port: str, n: int) -> None:
+def judge_port(wide: Path, wide1: Wide1, port: str, n: int) -> None:
     """A NumPy port of one block at 124M's widths over n positions, judged
     with every key and with each block as one span: OK, nothing blamed."""
     from picogpt2.oracle.comparison import Model
@@ -302,7 +322,7 @@ def judge_port(wide: Path, wide1: dict, port: str, n: int) -> None:
     params = model.params if precision == "float32" else map_params(
         model.params, lambda a: a.astype(np.float64))  # fmt: skip
     candidate = traced(params, wide1[n], patch)
-    reference = dict(np.load(wide.parent / f"ref1_{n}.npz"))
+    reference = dict(np.load(wide1.reference(n)))
     for keys in (candidate, {k: candidate[k] for k in ("ids", "hidden", "ln_f", "logits")}):
         report = judge(reference, keys, model=Model(model.params, H.n_head), precision=precision)
         assert report.ok and report.blamed is None, [
@@ -326,7 +346,7 @@ def test_calibration_every_correct_port_passes_at_every_length(wide, wide1, c_bu
     bug = "pairwise" if port == "C pairwise" else None
     out = run_c(c_build, bug, wide1[n], f"{bug}_{n}", wide.parent / "wide1.bin")
     for candidate in (out, sparse(out)):
-        clean(wide, candidate, wide.parent / f"ref1_{n}.npz", "wide1")
+        clean(wide, candidate, wide1.reference(n), "wide1")
 
 
 # -- the scale in float16 (a head_dim where it is inexact) ---------------------------
