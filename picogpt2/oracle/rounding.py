@@ -57,6 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from picogpt2.activations import Weights, heads, merged, third_weights
+from picogpt2.gpt2 import SQRT_2_OVER_PI
 
 LAMBDA = 8.0  # Hoeffding: an element's bound fails with probability 2 exp(-LAMBDA^2 / 2)
 FUNCTION = 8.0  # exp, tanh: within 8 u of the exact value (4 ulp)
@@ -232,7 +233,7 @@ def layer_norm(
     return Bound(local(n - 1), local(math.sqrt(n - 1))) + Bound(worst, scale)
 
 
-SQRT_2_OVER_PI, CUBIC = math.sqrt(2 / math.pi), 0.044715
+CUBIC = 0.044715  # GELU's, as in gpt2.gelu
 
 
 def gelu(u: float, x: np.ndarray, ex: Error, out: np.ndarray) -> Bound:
