@@ -112,7 +112,7 @@ def conclusion(r: Report) -> str:
     blamed, wrong = r.blamed, r.first_wrong
     if blamed is not None:
         return blame_line(r, blamed)
-    if wrong is not None and wrong.key.startswith("gen_") or not r.ok and r.placement:
+    if (wrong is not None and wrong.key.startswith("gen_")) or (not r.ok and r.placement):
         return decode_line(r)
     if wrong is not None and r.isolated:
         head = (f"NOT OK: {wrong.label} is {wrong.max_rel:.1e} of its largest value from the "

@@ -262,15 +262,15 @@ def row_chunks(array: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         yield start, array[start : start + CHUNK]
 
 
-def measure(
+def differences(
     ref: np.ndarray, cand: np.ndarray, transform=None, mask: np.ndarray | None = None
-) -> tuple[float, float, list[int]]:
-    """(max |d|, max |reference|, where |d| is largest), a chunk of rows at
-    a time; ``transform`` is applied to each chunk (row-wise), ``mask``
-    (broadcast over the leading axes) picks the entries judged."""
-    worst, scale, at = 0.0, 0.0, [0] * ref.ndim
-    for (start, r), (_, c) in zip(row_chunks(ref), row_chunks(cand), strict=True):
-        r, c = np.asarray(r, np.float64), np.asarray(c, np.float64)
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(first row, the reference's rows as read, as judged, |cand - ref|), a
+    chunk of rows at a time: ``transform`` is applied to each chunk
+    (row-wise), ``mask`` (broadcast over the leading axes) picks the entries
+    judged (the rest count as 0); NaN counts as an infinite difference."""
+    for (start, raw), (_, c) in zip(row_chunks(ref), row_chunks(cand), strict=True):
+        r, c = np.asarray(raw, np.float64), np.asarray(c, np.float64)
         if transform is not None:
             r, c = transform(r), transform(c)
         with np.errstate(invalid="ignore"):  # inf - inf: not finite either way
@@ -278,6 +278,21 @@ def measure(
         d = np.where(np.isnan(d), np.inf, d)
         if mask is not None:
             d, r = np.where(mask, d, 0.0), np.where(mask, r, 0.0)
+        yield start, raw, r, d
+
+
+def relative(worst: float, scale: float) -> float:
+    """An error over the largest magnitude (0 of 0 is 0, anything of 0 infinite)."""
+    return worst / scale if scale else (0.0 if worst == 0 else float("inf"))
+
+
+def measure(
+    ref: np.ndarray, cand: np.ndarray, transform=None, mask: np.ndarray | None = None
+) -> tuple[float, float, list[int]]:
+    """(max |d|, max |reference|, where |d| is largest), a chunk of rows at
+    a time (``differences``)."""
+    worst, scale, at = 0.0, 0.0, [0] * ref.ndim
+    for start, _, r, d in differences(ref, cand, transform, mask):
         scale = max(scale, float(np.max(np.abs(r))) if r.size else 0.0)
         if d.size and float(d.max()) > worst:
             worst = float(d.max())
@@ -294,24 +309,15 @@ def margins(
     the largest |value|. Measured as ``how`` says (logits as log-softmax,
     their bound carried there; scores on the causal triangle); ``tiny``
     added to every bound."""
-    transform = how(key, value).get("transform")
     mask = causal(value) if key == "attn_scores" else None
     best, worst, scale = (0.0, 0.0, tiny, [0] * value.ndim), 0.0, 0.0
-    for (start, r), (_, c) in zip(row_chunks(value), row_chunks(cand), strict=True):
-        rows = slice(start, start + len(r)) if value.ndim else ...
+    for start, raw, r, d in differences(value, cand, how(key, value).get("transform"), mask):
+        rows = slice(start, start + len(raw)) if value.ndim else ...
         b = rounding.Bound(bound.worst[rows], bound.scale[rows])
         if key == "logits":
-            b = rounding.log_softmax(r, b)
-        b = b.limit() + tiny
-        r, c = np.asarray(r, np.float64), np.asarray(c, np.float64)
-        if transform is not None:
-            r, c = transform(r), transform(c)
-        with np.errstate(invalid="ignore"):
-            d = np.abs(c - r)
-        d = np.where(np.isnan(d), np.inf, d)
-        if mask is not None:
-            d, r = np.where(mask, d, 0.0), np.where(mask, r, 0.0)
-        ratio = d / b
+            b = rounding.log_softmax(raw, b)
+        limit = b.limit() + tiny
+        ratio = d / limit
         if not ratio.size:
             continue
         worst, scale = max(worst, float(d.max())), max(scale, float(np.max(np.abs(r))))
@@ -319,7 +325,7 @@ def margins(
             i = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
             at = [int(j) for j in i]
             at[0] += start if value.ndim else 0
-            best = (float(ratio[i]), float(d[i]), float(b[i]), at)
+            best = (float(ratio[i]), float(d[i]), float(limit[i]), at)
     return (*best, worst, scale)
 
 
@@ -343,19 +349,26 @@ def finite(key: str, array: np.ndarray) -> bool:
     return all(np.isfinite(rows).all() for rows in judged(key, array))
 
 
-def refuse_nan(key: str, array: np.ndarray, what: str, name: str) -> None:
+def refuse_nan(key: str, reference: np.ndarray, what: str) -> None:
     """NaN where the reference's value is judged is bad input, exit status 2
     (in a candidate it is a wrong value: a softmax that overflowed)."""
-    if array.dtype.kind == "f" and any(np.isnan(rows).any() for rows in judged(key, array)):
-        raise InputError(f"{what}: the {name} holds NaN")
+    if reference.dtype.kind == "f" and any(np.isnan(r).any() for r in judged(key, reference)):
+        raise InputError(f"{what}: the reference holds NaN")
 
 
 def verdict(key: str, layer: int | None, ref, cand, tol, **how) -> Check:
     worst, scale, at = measure(ref, cand, **how)
     rtol, atol = tol
-    rel = worst / scale if scale else (0.0 if worst == 0 else float("inf"))
     return Check(
-        key, layer, list(ref.shape), worst, rel, at, rtol, atol, worst <= atol + rtol * scale
+        key,
+        layer,
+        list(ref.shape),
+        worst,
+        relative(worst, scale),
+        at,
+        rtol,
+        atol,
+        worst <= atol + rtol * scale,
     )
 
 
@@ -406,7 +419,7 @@ def validate(reference: Activations, candidate: Activations, shared: list) -> No
             "names, llm.c's or transformers': see docs/oracle.md)"
         )
     for key in [k for k in ref if k.startswith("gen_")]:  # the rest: as compared
-        refuse_nan(key, ref[key][None], key, "reference")
+        refuse_nan(key, ref[key][None], key)
     both_ids = "ids" in cand and "ids" in ref
     if both_ids and not np.array_equal(ref["ids"][None], cand["ids"][None]):
         raise InputError("ids: the dumps are of different inputs")
@@ -455,7 +468,7 @@ class _Judge:
     def check(self, key: str, layer: int | None, isolation: Isolation | None) -> Check:
         ref = self.reference.layers[key][layer]
         cand = self.candidate.layers[key][layer]
-        refuse_nan(key, ref, label(key, layer), "reference")
+        refuse_nan(key, ref, label(key, layer))
         if key == "logits":
             result = self.logits_check(ref, cand)
         else:
@@ -477,16 +490,16 @@ class _Judge:
         key = result.key
         if self.rtol_override is not None:
             worst, scale, at = measure(found.value, cand, **how(key, found.value))
-            result.alone_rel = worst / scale if scale else (0.0 if worst == 0 else float("inf"))
+            result.alone_rel = relative(worst, scale)
             allowed = self.atol + self.rtol_override * scale
-            margin = worst / allowed if allowed else (0.0 if worst == 0 else float("inf"))
+            margin = relative(worst, allowed)
             result.alone_margin, result.alone_abs, result.alone_bound = margin, worst, allowed
             result.alone_index = at
         else:
             m = margins(key, found.value, found.bound, cand, self.tiny)
             result.alone_margin, result.alone_abs, result.alone_bound, result.alone_index = m[:4]
             worst, scale = m[4:]
-            result.alone_rel = worst / scale if scale else (0.0 if worst == 0 else float("inf"))
+            result.alone_rel = relative(worst, scale)
         result.alone_ok = result.alone_margin <= 1
         result.alone_from = found.sources
         result.span = span(key, result.layer, found)
@@ -649,13 +662,12 @@ def generation_checks(
         worst, scale, at = measure(r, c, transform=transform)
         if logits is not None and key != "gen_top_logits":
             scale = 2 * float(np.max(np.abs(np.asarray(logits[:n], np.float64))))
-        rel = worst / scale if scale else (0.0 if worst == 0 else float("inf"))
         note = f"steps 0-{n - 1}" + (
             ", of the logits' magnitude"
             if scale and key != "gen_top_logits" and logits is not None
             else ""
         )
-        check = Check(key, None, list(r.shape), worst, rel, at, rtol, atol,
+        check = Check(key, None, list(r.shape), worst, relative(worst, scale), at, rtol, atol,
                       worst <= atol + rtol * scale, note)  # fmt: skip
         check.steps = over(r, c, transform, atol + rtol * scale)
         checks.append(check)
@@ -664,11 +676,11 @@ def generation_checks(
 
 def over(ref: np.ndarray, cand: np.ndarray, transform, allowed: float) -> list[int]:
     """The steps (rows) whose largest error is over ``allowed``."""
-    r, c = np.asarray(ref, np.float64), np.asarray(cand, np.float64)
-    if transform is not None:
-        r, c = transform(r), transform(c)
-    d = np.abs(c - r).reshape(len(r), -1)
-    return [int(i) for i in np.flatnonzero(~(np.max(d, axis=-1) <= allowed))]
+    steps: list[int] = []
+    for start, _, _, d in differences(ref, cand, transform):
+        largest = np.max(d.reshape(len(d), -1), axis=-1)
+        steps += [start + int(i) for i in np.flatnonzero(largest > allowed)]
+    return steps
 
 
 def top_ids_check(ref: np.ndarray, cand: np.ndarray, logits, tol: tuple[float, float]) -> Check:

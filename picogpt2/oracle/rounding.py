@@ -144,21 +144,28 @@ def linear(
     return bound + Bound(ex.worst @ np.abs(w), np.sqrt((ex.scale * ex.scale) @ (w * w)))
 
 
+def product(u: float, a: np.ndarray, ea: Error, b: np.ndarray, eb: Error,
+            magnitude: np.ndarray) -> Bound:  # fmt: skip
+    """The inputs' errors carried through a @ b (``magnitude``: |a| @ |b|):
+    2 u S at most when both are the candidate's own values."""
+    if ea is None and eb is None:
+        return exactly(2 * u * magnitude)
+    ea, eb = known(u, a, ea), known(u, b, eb)
+    worst = ea.worst @ np.abs(b) + np.abs(a) @ eb.worst
+    squares = (ea.scale**2) @ (b * b) + (a * a) @ (eb.scale**2)
+    return Bound(worst, np.sqrt(squares))
+
+
 def scores(u: float, q: np.ndarray, eq: Error, k: np.ndarray, ek: Error, out: np.ndarray) -> Bound:
     """q k^T / sqrt(head_dim), [n_head, n, head_dim] -> [n_head, n, n]: a
     sum of head_dim products, then the scale (itself rounded)."""
     head_dim = q.shape[-1]
     scale = 1 / math.sqrt(head_dim)
     kt = np.swapaxes(k, -1, -2)
-    magnitude = np.abs(q) @ np.abs(kt) * scale
-    bound = both(u, u * (magnitude + 2 * np.abs(out)), head_dim, magnitude)
-    if eq is None and ek is None:  # both known to u: 2 u S at most
-        return bound + exactly(2 * u * magnitude)
-    eq, ek = known(u, q, eq), known(u, k, ek)
-    ekt = ek.map(lambda a: np.swapaxes(a, -1, -2))
-    worst = (eq.worst @ np.abs(kt) + np.abs(q) @ ekt.worst) * scale
-    squares = (eq.scale**2) @ (kt * kt) + (q * q) @ (ekt.scale**2)
-    return bound + Bound(worst, np.sqrt(squares) * scale)
+    ekt = None if ek is None else ek.map(lambda a: np.swapaxes(a, -1, -2))
+    magnitude = np.abs(q) @ np.abs(kt)
+    bound = both(u, u * (scale * magnitude + 2 * np.abs(out)), head_dim, scale * magnitude)
+    return bound + product(u, q, eq, kt, ekt, magnitude).map(lambda a: a * scale)
 
 
 def causal_softmax(u: float, s: np.ndarray, es: Error, p: np.ndarray) -> Bound:
@@ -188,12 +195,7 @@ def weighted_sum(
     terms = np.arange(1, n + 1, dtype=np.float64)[:, None]
     magnitude = np.abs(p) @ np.abs(v)
     bound = both(u, u * (magnitude + np.abs(out)), terms, magnitude)
-    if ep is None and ev is None:  # both known to u: 2 u S at most
-        return bound + exactly(2 * u * magnitude)
-    ep, ev = known(u, p, ep), known(u, v, ev)
-    worst = ep.worst @ np.abs(v) + np.abs(p) @ ev.worst
-    squares = (ep.scale**2) @ (v * v) + (p * p) @ (ev.scale**2)
-    return bound + Bound(worst, np.sqrt(squares))
+    return bound + product(u, p, ep, v, ev, magnitude)
 
 
 def layer_norm(
