@@ -13,8 +13,11 @@ in process, against our float64 pass:
   (every sum pairwise, as NumPy's ``sum``), ``left`` (every sum left to
   right in float32, as the simplest C loop), ``left64`` (left to right,
   accumulated in float64, rounded once), ``f64`` (left to right in
-  float64, judged as float64); each with every key, and ``sparse`` with
-  only ``hidden``, ``ln_f`` and ``logits`` (each block judged as one span);
+  float64, judged as float64); ``float16``, ``bfloat16``, ``q8_0`` (our
+  float32 pass with every product's input converted first, as llama.cpp
+  does with F16, BF16 and Q8_0 weights; judged at that precision: ask for
+  them with ``--variants``); each with every key, and ``sparse`` with only
+  ``hidden``, ``ln_f`` and ``logits`` (each block judged as one span);
 - bugs: the four subtle ones of docs/oracle.md and the eleven of the
   tests, each in our float32 pass.
 
@@ -46,6 +49,7 @@ from ports import (  # noqa: E402
     eps_small,
     exact_gelu,
     gelu_cubic,
+    reduced_matmul,
     scale_half,
     thirds,
     traced,
@@ -57,6 +61,7 @@ from tiny import tiny_tensors  # noqa: E402
 
 from picogpt2.hparams import SIZES, HParams  # noqa: E402
 from picogpt2.oracle.comparison import Model, compare  # noqa: E402
+from picogpt2.oracle.rounding import REDUCED  # noqa: E402
 from picogpt2.weights.params import map_params, params_from_tensors  # noqa: E402
 
 SPARSE = ("ids", "hidden", "ln_f", "logits")
@@ -106,7 +111,9 @@ def clean_table(h: HParams, params32, params64, model: Model, lengths: list[int]
         "left": (LeftToRight(np.float32, np.float32).functions(), params32, "float32"),
         "left64": (LeftToRight(np.float64, np.float32).functions(), params32, "float32"),
         "f64": (LeftToRight(np.float64, np.float64).functions(), params64, "float64"),
-    }
+        **{precision: ({"matmul": reduced_matmul(precision)}, params32, precision)
+           for precision in REDUCED},
+    }  # fmt: skip
     print(
         "(the embeddings are one correctly rounded addition each: their margin reaches 1.0 in "
         "every float32 candidate, and never passes it; the worst below is of the rest)"

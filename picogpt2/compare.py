@@ -26,13 +26,13 @@ from picogpt2.cli.running import run_cli
 from picogpt2.oracle.comparison import Check, Generation, Model, Report, compare
 from picogpt2.oracle.dumps import load_dump, value_limit
 from picogpt2.oracle.plot import svg
+from picogpt2.oracle.rounding import PRECISIONS
 from picogpt2.util.atomic import atomic_write, require_new
 from picogpt2.util.errors import InputError
 from picogpt2.util.textio import printable
 from picogpt2.weights.loading import open_model
 from picogpt2.weights.params import params_from_tensors
 
-PRECISIONS = ("float32", "float64")
 ALONE_LEGEND = (
     "alone/bound: each operation recomputed from your own inputs, its largest error over its "
     "rounding bound (docs/oracle.md); over 1 (!) is not rounding"
@@ -302,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default=None,
-        help="what your implementation computed in (default: read from your dump's dtypes)",
+        help="what your implementation computed in (default: read from your dump's dtypes); "
+        "float16, bfloat16, q8_0: float32, with each matrix product's input converted to that "
+        "type first, as llama.cpp does with F16, BF16 and Q8_0 weights",
     )
     parser.add_argument("--rtol", type=float, default=None, help="relative tolerance, all keys")
     parser.add_argument("--atol", type=float, default=None, help="absolute tolerance, all keys")

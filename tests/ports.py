@@ -154,3 +154,35 @@ def traced(params, ids, patch: dict, n_head: int) -> dict[str, np.ndarray]:
            "hidden": np.stack([t.arrays["embeddings"][0]]
                               + [layer.arrays["hidden"][0] for layer in t.layers])}  # fmt: skip
     return out | {k.name: np.stack([layer.arrays[k.name][0] for layer in t.layers]) for k in BLOCK}
+
+
+def reduced_input(x: np.ndarray, precision: str) -> np.ndarray:
+    """``x`` (float32) as llama.cpp's CPU kernels convert it before a product
+    with F16, BF16 or Q8_0 weights: rounded to float16 or bfloat16 (to
+    nearest even), or quantized to Q8_0 blocks of 32 (ggml's reference
+    quantizer: d = max |x| / 127 stored in float16, q = round(x / d), halves
+    away from zero), then back to float32."""
+    x = np.asarray(x, np.float32)
+    if precision == "float16":
+        return x.astype(np.float16).astype(np.float32)
+    if precision == "bfloat16":
+        bits = x.view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        return rounded.astype(np.uint32).view(np.float32)
+    blocks = x.reshape(*x.shape[:-1], -1, 32)
+    d = np.max(np.abs(blocks), axis=-1, keepdims=True) / np.float32(127)
+    inverse = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    scaled = blocks * inverse
+    q = np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5))
+    return (q * d.astype(np.float16).astype(np.float32)).reshape(x.shape)
+
+
+def reduced_matmul(precision: str) -> Callable:
+    """gpt2.matmul (every product with the weights, the head's too) taking
+    its input reduced to ``precision`` first, summing in float32."""
+    matmul = gpt2.matmul
+
+    def reduced(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return matmul(reduced_input(x, precision), w)
+
+    return reduced

@@ -24,7 +24,7 @@ from tiny import (
 
 from picogpt2.activations import ATTN_DEFAULT, BLOCK, KEYS, LAST
 from picogpt2.hparams import HParams
-from picogpt2.weights.formats import llmc
+from picogpt2.weights.formats import gguf, llmc
 from picogpt2.weights.formats.transformers import hf_name
 from picogpt2.weights.params import block_schema, schema
 
@@ -69,10 +69,12 @@ def rows() -> list[str]:
     for t in [x for x in schema(H) if x.layer is None] + block_schema(H, 0):
         name = t.name.replace("/h0/", "/h{i}/")
         theirs = hf_name(t).replace(".h.0.", ".h.{i}.")
+        llama = gguf.gguf_name(t).replace("blk.0.", "blk.{i}.")
         lines.append(
             f"| {WHAT[t.module]} | `{name}` {dims(t.shape)} | "
             f"`{tree_path(t.module, t.leaf, t.layer)}` {dims(t.tree_shape)} | "
-            f"`{theirs}` {dims(t.tree_shape)} | {where[t.name]} |"
+            f"`{theirs}` {dims(t.tree_shape)} | {where[t.name]} | "
+            f"`{llama}` {dims(gguf.gguf_shape(t))} |"
         )
     return lines
 
@@ -161,6 +163,10 @@ DOCUMENTS = [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]
 # What the docs show but this test does not run, and why: each is run
 # elsewhere, or needs what a test cannot have. Matched as substrings.
 NOT_RUN = {
+    "convert_hf_to_gguf.py": "llama.cpp's converter: tests/weights/test_gguf_oracle.py runs it",
+    "save_tensors": "a llama.cpp build: tests/weights/test_gguf_oracle.py compiles and runs it",
+    "gpt2-q8_0.gguf": "llama.cpp's converter's file: tests/weights/test_gguf_oracle.py runs the "
+    "same chain on the gguf package's Q8_0 files",
     "python -m pytest -q": "the test suite itself (.ci/run runs it)",
     "-m calibration": "the calibration matrix, some ten minutes: run by hand (docs/oracle.md)",
     "dask scheduler": "a cluster of machines: tests/scoring/test_corpus.py runs one on loopback",

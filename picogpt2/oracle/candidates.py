@@ -11,7 +11,15 @@ Three namings are understood, each change said in a one-line note:
   ``fch_gelu``, ``fcproj``, ``residual3``, ``lnf`` and ``logits``, with
   their batch axis (B = 1) and the padded vocabulary;
 - transformers' outputs: ``hidden_states`` (n_layer + 1 of them, the last
-  after ``ln_f``: transformers' convention, not a bug) and ``attentions``.
+  after ``ln_f``: transformers' convention, not a bug) and ``attentions``;
+- llama.cpp's graph nodes, one layer each (``attn_norm-0``; the recipe in
+  docs/llamacpp.md saves them): ``inpL``, ``attn_norm``, ``wqkv_b`` (q, k
+  and v side by side), ``kq`` (q k^T before the scale: scaled here),
+  ``kq_soft_max``, ``kqv_out``, ``ffn_inp``, ``ffn_norm``, ``ffn_up_b``,
+  ``ffn_gelu``, ``ffn_out``, ``l_out``, ``result_norm`` and
+  ``result_output``; the attention's columns (the KV cache's cells, padded)
+  are trimmed to the tokens, and an array saved in ggml's order (``ne``,
+  fastest first) is read in NumPy's.
 
 A batch axis of 1 is dropped and a padded vocabulary trimmed to the
 reference's. Arrays stay views of the files they were read from.
@@ -42,6 +50,15 @@ LLMC_NDIM = {**{name: KEYS[key].ndim + 1 for name, key in LLMC.items()}, "encode
 LLMC_IGNORED = ("ln1_mean", "ln1_rstd", "ln2_mean", "ln2_rstd", "lnf_mean", "lnf_rstd", "probs",
                 "losses")  # fmt: skip
 TRANSFORMERS = ("hidden_states", "attentions")
+# llama.cpp's node -> (our key, layer offset): l_out-i is hidden[i + 1];
+# wqkv_b (split) and kq (scaled) are read apart below.
+LLAMACPP = {"attn_norm": ("ln_1", 0), "kq_soft_max": ("attn", 0), "kqv_out": ("attn_heads", 0),
+            "ffn_inp": ("resid_attn", 0), "ffn_norm": ("ln_2", 0), "ffn_up_b": ("mlp_pre", 0),
+            "ffn_gelu": ("mlp_hidden", 0), "ffn_out": ("mlp_out", 0), "l_out": ("hidden", 1),
+            "kq": ("attn_scores", 0), "wqkv_b": ("q", 0)}  # fmt: skip
+LLAMACPP_TOP = {"inpL": ("hidden", 0), "result_norm": ("ln_f", None),
+                "result_output": ("logits", None)}  # fmt: skip
+LLAMACPP_NODE = re.compile(rf"^(?P<node>{'|'.join(LLAMACPP)})-(?P<i>\d+)$")
 ONE_LAYER = re.compile(r"^(?P<key>[a-z_0-9]+?)(?:\[(?P<i>\d+)\]|\.(?P<j>\d+))$")
 
 
@@ -95,12 +112,16 @@ def read_candidate(dump: Mapping[str, np.ndarray], reference: Activations) -> Ac
             )
     llmc = [name for name in dump if name in LLMC or name in LLMC_OTHER]
     theirs = [name for name in dump if name in TRANSFORMERS]
-    ours = {k: v for k, v in dump.items() if k not in LLMC_IGNORED and k not in llmc + theirs}
+    llama = [name for name in dump if LLAMACPP_NODE.match(name) or name in LLAMACPP_TOP]
+    named = llmc + theirs + llama
+    ours = {k: v for k, v in dump.items() if k not in LLMC_IGNORED and k not in named}
     out = read_ours(ours, reference)
     if llmc:
         _read_llmc({k: dump[k] for k in llmc}, reference, out)
     if theirs:
         _read_transformers({k: dump[k] for k in theirs}, reference, out)
+    if llama:
+        _read_llamacpp({k: dump[k] for k in llama}, reference, out)
     if any(k in dump for k in LLMC_IGNORED):
         out.notes.append("llm.c's means, reciprocal standard deviations, probs and losses: "
                          "not compared")  # fmt: skip
@@ -152,22 +173,100 @@ def _batch_axis(name: str) -> int:
     return 0 if one_layer else 1
 
 
-def _split_qkv(qkv: np.ndarray, n_head: int | None, out: Activations) -> None:
-    """llm.c's qkv [L, T, 3C] -> our q, k, v [n_head, T, head_dim] per layer."""
+def _split_qkv(
+    qkv: np.ndarray, n_head: int | None, out: Activations, name: str = "qkv", first: int = 0
+) -> None:
+    """llm.c's qkv [L, T, 3C] (llama.cpp's wqkv_b: one layer, ``first``) ->
+    our q, k, v [n_head, T, head_dim] per layer."""
     if n_head is None:
-        out.notes.append("qkv: not compared (the reference holds no q, attn or attn_scores to "
-                         "tell the number of heads)")  # fmt: skip
+        out.notes.append(f"{name}: not compared (the reference holds no q, attn or attn_scores "
+                         "to tell the number of heads)")  # fmt: skip
         return
     if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head):
         raise InputError(
-            f"qkv: the candidate is {list(qkv.shape)}: its width {qkv.shape[-1]} is not 3 x "
+            f"{name}: the candidate is {list(qkv.shape)}: its width {qkv.shape[-1]} is not 3 x "
             f"{n_head} heads of one width, or it is not [n_layer, (1,) n, 3*n_embd]"
         )
     for i, layer in enumerate(qkv):
         n, width = layer.shape[0], layer.shape[-1] // 3
         for j, key in enumerate(("q", "k", "v")):
             part = layer[:, j * width : (j + 1) * width].reshape(n, n_head, width // n_head)
-            out.add(key, i, np.swapaxes(part, 0, 1))
+            out.add(key, first + i, np.swapaxes(part, 0, 1))
+
+
+def _read_llamacpp(
+    dump: Mapping[str, np.ndarray], reference: Activations, out: Activations
+) -> None:
+    """llama.cpp's nodes, one layer each (module docstring)."""
+    flipped = []
+    for name, array in dump.items():
+        node = LLAMACPP_NODE.match(name)
+        key, offset = LLAMACPP[node["node"]] if node else LLAMACPP_TOP[name]
+        layer = None if offset is None else (int(node["i"]) if node else 0) + offset
+        if node and node["node"] == "wqkv_b":
+            if array.ndim == 2 and _width_first(array, reference):
+                array, _ = array.reshape(array.shape[::-1]), flipped.append(name)
+            _split_qkv(array[None], _n_head(reference), out, name, layer)
+            continue
+        expected = _reference_shape(reference, key, layer)
+        if _in_ggml_order(array.shape, expected):
+            array, _ = array.reshape(array.shape[::-1]), flipped.append(name)
+        if key in ("attn", "attn_scores"):
+            array = _attention(name, key, array, reference, out)
+        if array is not None:
+            out.add(key, layer, array)
+    out.notes.append(
+        "read llama.cpp's nodes: attn_norm is ln_1, wqkv_b q k v, kq attn_scores (times "
+        "1/sqrt(head_dim)), kq_soft_max attn, kqv_out attn_heads, ffn_inp resid_attn, ffn_up_b "
+        "mlp_pre, ffn_gelu mlp_hidden, ffn_out mlp_out, l_out-i hidden[i+1], inpL hidden[0]; "
+        "the attention's columns trimmed to the tokens"
+    )
+    if flipped:
+        shown = ", ".join(sorted(flipped)[:3]) + (", ..." if len(flipped) > 3 else "")
+        out.notes.append(f"read {shown} in ggml's order (ne, fastest first) as NumPy's")
+
+
+def _in_ggml_order(shape: tuple[int, ...], expected: tuple[int, ...] | None) -> bool:
+    """Saved with ggml's ``ne`` as its shape: reversed, its first two axes
+    are the reference's (the attention's last may be the cache's length)."""
+    flipped = shape[::-1]
+    return bool(expected) and shape != expected and flipped != shape and (
+        flipped[:2] == expected[:2])  # fmt: skip
+
+
+def _attention(
+    name: str, key: str, array: np.ndarray, reference: Activations, out: Activations
+) -> np.ndarray | None:
+    """kq and kq_soft_max [n_head, n, n_kv]: the cache's cells past the
+    tokens dropped; kq is q k^T before softmax applies the scale."""
+    if array.ndim == 3:
+        array = array[..., : array.shape[-2]]
+    if key == "attn":
+        return array
+    head_dim = _head_dim(reference)
+    if head_dim is None:
+        out.notes.append(f"{name}: not compared (the reference holds no q or hidden to tell "
+                         "head_dim)")  # fmt: skip
+        return None
+    return array / np.sqrt(head_dim)
+
+
+def _width_first(array: np.ndarray, reference: Activations) -> bool:
+    """A [3*n_embd, n] wqkv_b saved in ggml's order: its first axis is the
+    reference's q width times three, its last is not."""
+    q = next(iter(reference.layers.get("q", {}).values()), None)
+    width = None if q is None else 3 * q.shape[0] * q.shape[-1]
+    return width is not None and array.shape[0] == width and array.shape[1] != width
+
+
+def _head_dim(reference: Activations) -> int | None:
+    """head_dim, from the reference's q, or its width over its heads."""
+    q = next(iter(reference.layers.get("q", {}).values()), None)
+    hidden = next(iter(reference.layers.get("hidden", {}).values()), None)
+    n_head = _n_head(reference)
+    if q is not None:
+        return q.shape[-1]
+    return None if hidden is None or n_head is None else hidden.shape[-1] // n_head
 
 
 def _read_transformers(

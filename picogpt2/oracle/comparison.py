@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from picogpt2.activations import KEYS, RTOL32, RTOL64, describe, forward_order
+from picogpt2.activations import KEYS, RTOL32, RTOL64, RTOL_REDUCED, describe, forward_order
 from picogpt2.gpt2 import Params, log_softmax
 from picogpt2.oracle import rounding
 from picogpt2.oracle.candidates import Activations, read_candidate, read_ours
@@ -452,17 +452,21 @@ class _Judge:
         atol: float,
     ) -> None:
         self.reference, self.candidate, self.precision = reference, candidate, precision
-        self.u, self.tiny = rounding.unit_roundoff(precision), rounding.TINY[precision]
+        self.arithmetic = rounding.Arithmetic(precision)
+        self.tiny = self.arithmetic.tiny
         self.mode = f"{precision} vs {ref_precision}"
         self.rtol_override, self.atol = rtol, atol
 
     def tolerance(self) -> tuple[float, float]:
         """(rtol, atol) against the reference, the same for every key
-        (``activations.py``: ``RTOL32``, doubled when both round, or ``RTOL64``)."""
+        (``activations.py``: ``RTOL32``, doubled when both round, ``RTOL64``, or
+        a reduced precision's)."""
         if self.rtol_override is not None:
             return self.rtol_override, self.atol
         if self.mode == "float64 vs float64":
             return RTOL64, self.atol
+        if self.precision in RTOL_REDUCED:
+            return RTOL_REDUCED[self.precision], self.atol
         return RTOL32 * (2 if self.mode.endswith("float32") else 1), self.atol
 
     def check(self, key: str, layer: int | None, isolation: Isolation | None) -> Check:
@@ -541,7 +545,7 @@ class _Judge:
                 "model: give the model it was dumped from"
             )
         isolation = Isolation(
-            model.params, model.n_head, self.candidate.layers, np.asarray(ids), self.u
+            model.params, model.n_head, self.candidate.layers, np.asarray(ids), self.arithmetic
         )
         if hidden is not None:
             worst, scale, _ = measure(hidden, isolation.embeddings())

@@ -24,7 +24,7 @@ import numpy as np
 from picogpt2.activations import KEYS, LAST, Operation, Weights
 from picogpt2.gpt2 import Params
 from picogpt2.oracle.candidates import Layers
-from picogpt2.oracle.rounding import Bound, bound_of
+from picogpt2.oracle.rounding import Arithmetic, Bound, bound_of
 
 Ref = tuple[str, int | None]  # (key, layer)
 
@@ -48,11 +48,14 @@ class Recomputed:
 
 class Isolation:
     """The candidate's forward pass, each operation recomputed from its own
-    inputs, with its rounding bound at unit roundoff ``u``. Ask in forward
-    order: values of earlier layers are let go."""
+    inputs, with its rounding bound in the candidate's ``arithmetic``. Ask
+    in forward order: values of earlier layers are let go."""
 
-    def __init__(self, params: Params, n_head: int, cand: Layers, ids: np.ndarray, u: float):
-        self.params, self.n_head, self.cand, self.ids, self.u = params, n_head, cand, ids, u
+    def __init__(
+        self, params: Params, n_head: int, cand: Layers, ids: np.ndarray, arithmetic: Arithmetic
+    ):
+        self.params, self.n_head, self.cand, self.ids = params, n_head, cand, ids
+        self.arithmetic = arithmetic
         self.n_layer = len(params["blocks"])
         self.memo: dict[Ref, Recomputed] = {}
 
@@ -82,7 +85,9 @@ class Isolation:
                 inside += tuple(r for r in found.inside if r not in inside)
             op, w = self.operation(key, layer)
             out = op.compute(w, *(found.value for found in ins))
-            bound = bound_of(key, layer)(w, self.u, *((f.value, f.bound) for f in ins), out)
+            bound = bound_of(key, layer)(
+                w, self.arithmetic, *((f.value, f.bound) for f in ins), out
+            )
             self.memo[(key, layer)] = Recomputed(out, bound, sources or ("ids",), inside)
             self.forget_before(layer)
         return self.memo[(key, layer)]

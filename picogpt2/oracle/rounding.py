@@ -44,6 +44,19 @@ root sum of squares (the errors of different elements taken as
 independent), so a span of operations is held to the composition of their
 bounds, and the chance allowance ``LAMBDA`` is paid once, not per step.
 
+**Reduced inputs** (``--precision float16``, ``bfloat16``, ``q8_0``).
+llama.cpp's CPU kernels multiply a float32 activation by F16, BF16 or Q8_0
+weights by first converting the activation to the weights' own type, then
+sum in float32. So the operations are float32's, and each matrix product
+with the weights takes its input ``x`` off by ``r_j`` per element:
+``u_16 |x_j|`` rounded to float16 (plus half float16's smallest
+subnormal, 2^-25), ``u_bf16 |x_j|`` to bfloat16, and for Q8_0 blocks of 32
+values, ``d (1/2 + 127 (u_16 + 2 u))`` with ``d = max |x_block| / 127``:
+half a step, the step itself rounded to float16, and ``x / d`` rounded in
+float32. Carried through the weights like any input error: ``sum_j r_j
+|w_jk|`` at worst, ``sqrt(sum_j r_j^2 w_jk^2)`` at scale (the conversion
+errors of different elements taken as independent).
+
 Every bound adds ``tiny``, the precision's smallest normal number: a
 result that underflows to zero is off by less.
 """
@@ -61,8 +74,15 @@ from picogpt2.gpt2 import SQRT_2_OVER_PI
 
 LAMBDA = 8.0  # Hoeffding: an element's bound fails with probability 2 exp(-LAMBDA^2 / 2)
 FUNCTION = 8.0  # exp, tanh: within 8 u of the exact value (4 ulp)
-UNIT_ROUNDOFF = {"float32": 2.0**-24, "float64": 2.0**-53}
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "float64": 2.0**-53, "float16": 2.0**-11,
+                 "bfloat16": 2.0**-8}  # fmt: skip
 TINY = {"float32": float(np.finfo(np.float32).tiny), "float64": float(np.finfo(np.float64).tiny)}
+# Precisions whose matrix products with the weights take reduced inputs
+# (module docstring), summing in float32; Q8_0's blocks hold 32 values.
+REDUCED = ("float16", "bfloat16", "q8_0")
+PRECISIONS = ("float32", "float64", *REDUCED)
+Q8_BLOCK = 32
+HALF_SUBNORMAL = 2.0**-25  # half float16's smallest step: its rounding near zero
 
 
 @dataclass
@@ -89,8 +109,45 @@ Error = Bound | None  # an input's error; None: the candidate's own saved value
 
 
 def unit_roundoff(precision: str) -> float:
-    """The candidate's ``u`` plus float64's: both sides of a comparison round."""
-    return UNIT_ROUNDOFF[precision] + UNIT_ROUNDOFF["float64"]
+    """The candidate's ``u`` plus float64's: both sides of a comparison round.
+    A reduced precision sums and stores in float32."""
+    return (
+        UNIT_ROUNDOFF["float32" if precision in REDUCED else precision] + UNIT_ROUNDOFF["float64"]
+    )
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """How a candidate computes: ``precision`` (``PRECISIONS``), the unit
+    roundoff ``u`` of its sums and stores (with float64's), and what its
+    matrix products with the weights do to their inputs."""
+
+    precision: str
+
+    @property
+    def u(self) -> float:
+        return unit_roundoff(self.precision)
+
+    @property
+    def tiny(self) -> float:
+        return TINY["float64" if self.precision == "float64" else "float32"]
+
+    def product_input(self, x: np.ndarray) -> np.ndarray | None:
+        """How far, per element, ``x`` [..., n_in] may move before a product
+        with the weights (None: not at all)."""
+        if self.precision in ("float16", "bfloat16"):
+            return UNIT_ROUNDOFF[self.precision] * np.abs(x) + HALF_SUBNORMAL * (
+                self.precision == "float16"
+            )
+        if self.precision != "q8_0":
+            return None
+        n = x.shape[-1]
+        padded = np.zeros((*x.shape[:-1], -(-n // Q8_BLOCK) * Q8_BLOCK))
+        padded[..., :n] = np.abs(x)
+        blocks = padded.reshape(*x.shape[:-1], -1, Q8_BLOCK)
+        step = np.max(blocks, axis=-1, keepdims=True) / 127
+        half = 0.5 + 127 * (UNIT_ROUNDOFF["float16"] + 2 * UNIT_ROUNDOFF["float32"])
+        return np.broadcast_to(step * half, blocks.shape).reshape(padded.shape)[..., :n]
 
 
 def both(u: float, each: np.ndarray, n: int | np.ndarray, magnitude: np.ndarray) -> Bound:
@@ -128,14 +185,18 @@ def embeddings(u: float, out: np.ndarray) -> Bound:
 
 
 def linear(
-    u: float, x: np.ndarray, ex: Error, w: np.ndarray, b: np.ndarray | None, out: np.ndarray
-) -> Bound:
+    u: float, x: np.ndarray, ex: Error, w: np.ndarray, b: np.ndarray | None, out: np.ndarray,
+    reduced: np.ndarray | None = None,
+) -> Bound:  # fmt: skip
     """x @ w (+ b), [n, n_in] @ [n_in, n_out]: a sum of n_in products (and
-    the bias), each product rounded once, the result stored once."""
+    the bias), each product rounded once, the result stored once; x moved
+    by ``reduced`` first, when the candidate reduces its inputs."""
     n_in = w.shape[0]
     products = np.abs(x) @ np.abs(w)  # [n, n_out]: S of each output
     magnitude = products if b is None else products + np.abs(b)
     bound = both(u, u * (magnitude + np.abs(out)), n_in + (b is not None), magnitude)
+    if reduced is not None:
+        bound += Bound(reduced @ np.abs(w), np.sqrt((reduced * reduced) @ (w * w)))
     if ex is None:  # x known to u |x|: carried, u S at most (in place: the head is large)
         products *= u
         bound.worst += products
@@ -264,38 +325,44 @@ def log_softmax(logits: np.ndarray, bound: Bound) -> Bound:
 
 
 # Which bound each key's operation has, with what it takes beside its
-# inputs: (weights, u, *(input, its error), output) -> Bound. The
+# inputs: (weights, arithmetic, *(input, its error), output) -> Bound. The
 # operations themselves are activations.py's table.
-def _linear(w: Weights, u: float, x: tuple, out: np.ndarray, *path: str) -> Bound:
+def _linear(w: Weights, a: Arithmetic, x: tuple, out: np.ndarray, *path: str) -> Bound:
     weights = w(*path)
-    return linear(u, *x, weights["w"], weights["b"], out)
+    return linear(a.u, *x, weights["w"], weights["b"], out, a.product_input(x[0]))
 
 
-def _third(w: Weights, u: float, x: tuple, i: int, out: np.ndarray) -> Bound:
+def _third(w: Weights, a: Arithmetic, x: tuple, i: int, out: np.ndarray) -> Bound:
     weight, bias = third_weights(w, i)
-    return linear(u, *x, weight, bias, merged(out)).map(lambda a: heads(a, w.n_head))
+    bound = linear(a.u, *x, weight, bias, merged(out), a.product_input(x[0]))
+    return bound.map(lambda b: heads(b, w.n_head))
+
+
+def _head(w: Weights, a: Arithmetic, x: tuple, out: np.ndarray) -> Bound:
+    wte = np.asarray(w.params["wte"], np.float64)
+    return linear(a.u, *x, wte.T, None, out, a.product_input(x[0]))
 
 
 BOUNDS: dict[str, Callable[..., Bound]] = {
-    "embeddings": lambda w, u, out: embeddings(u, out),
-    "hidden": lambda w, u, x, y, out: add(u, *x, *y, out),
-    "ln_1": lambda w, u, x, out: layer_norm(u, *x, w("ln_1")["g"], out),
-    "q": lambda w, u, x, out: _third(w, u, x, 0, out),
-    "k": lambda w, u, x, out: _third(w, u, x, 1, out),
-    "v": lambda w, u, x, out: _third(w, u, x, 2, out),
-    "attn_scores": lambda w, u, q, k, out: scores(u, *q, *k, out),
-    "attn": lambda w, u, s, out: causal_softmax(u, *s, out),
-    "attn_heads": lambda w, u, p, v, out: weighted_sum(u, *p, *v, heads(out, w.n_head)).map(merged),
-    "attn_out": lambda w, u, x, out: _linear(w, u, x, out, "attn", "c_proj"),
-    "resid_attn": lambda w, u, x, y, out: add(u, *x, *y, out),
-    "ln_2": lambda w, u, x, out: layer_norm(u, *x, w("ln_2")["g"], out),
-    "mlp_pre": lambda w, u, x, out: _linear(w, u, x, out, "mlp", "c_fc"),
-    "mlp_hidden": lambda w, u, x, out: gelu(u, *x, out),
-    "mlp_out": lambda w, u, x, out: _linear(w, u, x, out, "mlp", "c_proj"),
-    "ln_f": lambda w, u, x, out: layer_norm(u, *x, w("ln_f")["g"], out),
-    "logits": lambda w, u, x, out: linear(
-        u, *x, np.asarray(w.params["wte"], np.float64).T, None, out
+    "embeddings": lambda w, a, out: embeddings(a.u, out),
+    "hidden": lambda w, a, x, y, out: add(a.u, *x, *y, out),
+    "ln_1": lambda w, a, x, out: layer_norm(a.u, *x, w("ln_1")["g"], out),
+    "q": lambda w, a, x, out: _third(w, a, x, 0, out),
+    "k": lambda w, a, x, out: _third(w, a, x, 1, out),
+    "v": lambda w, a, x, out: _third(w, a, x, 2, out),
+    "attn_scores": lambda w, a, q, k, out: scores(a.u, *q, *k, out),
+    "attn": lambda w, a, s, out: causal_softmax(a.u, *s, out),
+    "attn_heads": lambda w, a, p, v, out: weighted_sum(a.u, *p, *v, heads(out, w.n_head)).map(
+        merged
     ),
+    "attn_out": lambda w, a, x, out: _linear(w, a, x, out, "attn", "c_proj"),
+    "resid_attn": lambda w, a, x, y, out: add(a.u, *x, *y, out),
+    "ln_2": lambda w, a, x, out: layer_norm(a.u, *x, w("ln_2")["g"], out),
+    "mlp_pre": lambda w, a, x, out: _linear(w, a, x, out, "mlp", "c_fc"),
+    "mlp_hidden": lambda w, a, x, out: gelu(a.u, *x, out),
+    "mlp_out": lambda w, a, x, out: _linear(w, a, x, out, "mlp", "c_proj"),
+    "ln_f": lambda w, a, x, out: layer_norm(a.u, *x, w("ln_f")["g"], out),
+    "logits": _head,
 }
 
 

@@ -7,7 +7,11 @@ merges, in each of the layouts people have, read, checked and written.
   and ``merges.txt``;
 - transformers' fast tokenizer (all that transformers 5 saves):
   ``tokenizer.json``, whose ``model`` holds the same vocabulary and merges
-  (each merge ``"a b"``, or ``["a", "b"]``).
+  (each merge ``"a b"``, or ``["a", "b"]``);
+- a GGUF file's own (llama.cpp's): ``tokenizer.ggml.tokens`` (the tokens
+  in id order) and ``tokenizer.ggml.merges`` (``"a b"``), with
+  ``tokenizer.ggml.model`` "gpt2"; the "vocabulary folder" is then the
+  ``.gguf`` file itself.
 
 The files spell byte strings with a printable stand-in character for each
 byte (``bytes_to_unicode``: space is ``Ġ``); reading turns them back into
@@ -15,7 +19,7 @@ bytes. Everything is checked on load, the file named on failure: ids are
 0..n-1, each once; each merge joins two tokens of the vocabulary into a
 third, and no pair is ranked twice; every token is one byte, a merge's
 result, or a special token (``<|...|>``), and all 256 bytes are there; a
-``tokenizer.json`` must describe GPT-2's byte-level BPE.
+``tokenizer.json`` or a GGUF file must describe GPT-2's byte-level BPE.
 """
 
 from __future__ import annotations
@@ -27,12 +31,16 @@ from pathlib import Path
 
 from picogpt2.util.errors import PicoGPT2Error
 from picogpt2.util.textio import parse_json
+from picogpt2.weights.gguf_file import open_gguf
 
 ENDOFTEXT = "<|endoftext|>"
 # The two files, as OpenAI named them and as transformers does.
 FILE_PAIRS = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
 TOKENIZER_FILE = "tokenizer.json"
 OTHER_LAYOUTS = "nor vocab.json and merges.txt, nor tokenizer.json"  # for errors
+TOKENIZER_MODEL = "tokenizer.ggml.model"  # a GGUF file's: "gpt2" for byte-level BPE
+# llama.cpp's pre-tokenizers that split text as GPT-2 does.
+GGUF_PRE = ("gpt-2",)
 
 
 class EncoderFileError(PicoGPT2Error, ValueError):
@@ -60,7 +68,8 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-BYTE_OF = {c: b for b, c in bytes_to_unicode().items()}
+UNICODE_OF = bytes_to_unicode()
+BYTE_OF = {c: b for b, c in UNICODE_OF.items()}
 
 
 @dataclass
@@ -74,7 +83,9 @@ class Vocabulary:
 def vocabulary_files(folder: Path) -> list[Path]:
     """The files the folder's vocabulary is read from: one of the pairs, or
     ``tokenizer.json``; OpenAI's pair when it has none, so that errors name
-    what is missing."""
+    what is missing. A file (a GGUF) is its own."""
+    if folder.is_file():
+        return [folder]
     for pair in FILE_PAIRS:
         if all((folder / name).is_file() for name in pair):
             return [folder / name for name in pair]
@@ -91,7 +102,7 @@ def read_vocabulary(folder: Path) -> Vocabulary:
     """The folder's vocabulary, checked (the rules above)."""
     files = vocabulary_files(folder)
     if len(files) == 1:
-        spelled, pairs = _read_tokenizer_json(files[0])
+        spelled, pairs = _read_one_file(files[0])
     else:
         spelled, pairs = _read_token_ids(files[0]), _read_merges(files[1])
     tokens = {_to_bytes(t, files[0]): i for t, i in spelled.items()}
@@ -109,7 +120,7 @@ def copy_vocabulary(folder: Path, out: Path, names: tuple[str, str]) -> None:
         for source, name in zip(files, names, strict=True):
             shutil.copyfile(source, out / name)
         return
-    spelled, merges = _read_tokenizer_json(files[0])
+    spelled, merges = _read_one_file(files[0])
     (out / names[0]).write_text(json.dumps(spelled, ensure_ascii=False), encoding="utf-8")
     lines = "".join(f"{a} {b}\n" for a, b in merges)
     (out / names[1]).write_text("#version: 0.2\n" + lines, encoding="utf-8")
@@ -190,6 +201,45 @@ def _read_tokenizer_json(path: Path) -> tuple[dict[str, int], list[tuple[str, st
     return spelled, merges
 
 
+def _read_one_file(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    return _read_tokenizer_json(path) if path.name == TOKENIZER_FILE else _read_gguf(path)
+
+
+def check_gguf_tokenizer(meta: dict[str, object], path: Path) -> None:
+    """A GGUF file's tokenizer is GPT-2's byte-level BPE, splitting text as
+    GPT-2 does (its model and pre-tokenizer; the tokens are read later)."""
+    model, pre = meta.get(TOKENIZER_MODEL), meta.get("tokenizer.ggml.pre", GGUF_PRE[0])
+    if model != "gpt2" or pre not in GGUF_PRE:
+        why = f"{TOKENIZER_MODEL} is {model!r}" if model != "gpt2" else (
+            f"tokenizer.ggml.pre is {pre!r}")  # fmt: skip
+        raise EncoderFileError(f"{path}: {why}, not GPT-2's byte-level BPE ('gpt2', 'gpt-2')")
+
+
+def _read_gguf(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary and merges a GGUF file carries, when they are GPT-2's
+    byte-level BPE split as GPT-2 splits text."""
+    gguf = open_gguf(path)
+    if gguf is None:
+        raise EncoderFileError(
+            f"{path}: a file, neither a folder with the vocabulary's files nor a GGUF file"
+        )
+    meta = gguf.metadata
+    check_gguf_tokenizer(meta, path)
+    tokens, merges = meta.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.merges", [])
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise EncoderFileError(f"{path}: tokenizer.ggml.tokens is not a list of strings")
+    spelled = {token: i for i, token in enumerate(tokens)}
+    if len(spelled) != len(tokens):
+        raise EncoderFileError(f"{path}: tokenizer.ggml.tokens holds a token twice")
+    pairs = []
+    for merge in merges if isinstance(merges, list) else [merges]:
+        pair = merge.split(" ") if isinstance(merge, str) else []
+        if len(pair) != 2:
+            raise EncoderFileError(f"{path}: merge {len(pairs)} is not a pair: {merge!r}")
+        pairs.append((pair[0], pair[1]))
+    return _read_token_ids(path, spelled), pairs
+
+
 def _refuse_other_rules(data: dict, model: dict, path: Path) -> None:
     """A fast tokenizer whose rules differ from GPT-2's byte-level BPE."""
     pre = data.get("pre_tokenizer") or {}
@@ -209,6 +259,14 @@ def _refuse_other_rules(data: dict, model: dict, path: Path) -> None:
             raise EncoderFileError(
                 f"{path}: its {name} is not GPT-2's byte-level BPE, which picogpt2 implements"
             )
+
+
+def spell(token: bytes) -> str:
+    """A token as the files spell it: each byte its printable stand-in, a
+    special token as itself."""
+    if token.startswith(b"<|") and token.endswith(b"|>"):
+        return token.decode("utf-8")
+    return "".join(UNICODE_OF[b] for b in token)
 
 
 def _to_bytes(spelled: str, path: Path) -> bytes:

@@ -1,7 +1,10 @@
 """compare as the oracle of implementations it did not write: broken
 candidates of our own, in NumPy and in C, each blamed on its own operation
 with --model at 124M's widths; the clean ones pass, at 1024 positions too;
-the names people save are read; no verdict is vacuous or a traceback."""
+the names people save are read (llama.cpp's graph nodes too); candidates
+that reduce each matrix product's input (float16, bfloat16, Q8_0 blocks, as
+llama.cpp's CPU kernels do) pass at that arithmetic and a planted bug there
+is still blamed; no verdict is vacuous or a traceback."""
 
 import json
 import math
@@ -690,3 +693,107 @@ def test_with_only_the_logits_the_blame_is_the_whole_pass(wide, tmp_path, monkey
     last = text(r.stdout).splitlines()[-1]
     assert r.returncode == 1 and "blamed" not in text(r.stdout), last
     assert "(the whole pass, from ids to logits)" in last and "save the keys inside it" in last
+
+
+# -- llama.cpp's nodes and arithmetic ---------------------------------------------
+
+
+N_KV = 32  # llama.cpp's KV cache: cells past the tokens, padded
+
+
+def llamacpp_nodes(t: dict, ggml_order: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Our trace under llama.cpp's node names, one layer each: kq unscaled
+    and over N_KV cells (garbage past the tokens), kq_soft_max 0 there;
+    the nodes named in ``ggml_order`` saved with ggml's ne as their shape."""
+    n, head_dim = len(IDS), t["q"].shape[-1]
+
+    def merged(x):  # [NH, T, hd] -> [T, C]
+        return np.swapaxes(x, 0, 1).reshape(x.shape[1], -1)
+
+    def cells(x, fill):  # [NH, T, T] -> [NH, T, N_KV]
+        return np.concatenate([x, np.full((*x.shape[:2], N_KV - n), fill, x.dtype)], axis=-1)
+
+    nodes = {"inpL": t["hidden"][0], "result_norm": t["ln_f"], "result_output": t["logits"]}
+    for i in range(len(t["ln_1"])):
+        nodes |= {
+            f"attn_norm-{i}": t["ln_1"][i],
+            f"wqkv_b-{i}": np.concatenate([merged(t[k][i]) for k in "qkv"], axis=-1),
+            f"kq-{i}": cells(t["attn_scores"][i] * np.float32(np.sqrt(head_dim)), 7.0),
+            f"kq_soft_max-{i}": cells(t["attn"][i], 0.0),
+            f"kqv_out-{i}": t["attn_heads"][i],
+            f"ffn_inp-{i}": t["resid_attn"][i],
+            f"ffn_norm-{i}": t["ln_2"][i],
+            f"ffn_up_b-{i}": t["mlp_pre"][i],
+            f"ffn_gelu-{i}": t["mlp_hidden"][i],
+            f"ffn_out-{i}": t["mlp_out"][i],
+            f"l_out-{i}": t["hidden"][i + 1],
+        }  # fmt: skip
+    for name in ggml_order:
+        nodes[name] = nodes[name].reshape(nodes[name].shape[::-1])  # same bytes, ne as shape
+    return nodes | {"ids": np.asarray(IDS, np.int64)}
+
+
+def save_nodes(folder, nodes):
+    folder.mkdir()
+    for name, array in nodes.items():
+        np.save(folder / f"{name}.npy", array)
+    return folder
+
+
+def traced_with(wide, monkeypatch, **patches) -> dict:
+    for name, fn in patches.items():
+        monkeypatch.setattr(gpt2, name, fn)
+    t = load_model("wide", wide, show_progress=False).trace(IDS, detail=True)
+    monkeypatch.undo()
+    return t
+
+
+def test_llamacpp_nodes_are_read_as_saved(wide, ours32, tmp_path):
+    nodes = llamacpp_nodes(ours32, ggml_order=("attn_norm-1", "kq-0", "wqkv_b-1"))
+    candidate = save_nodes(tmp_path / "llama", nodes)
+    r = compare(wide, candidate, "--model", "wide", "--models-dir", str(wide))
+    out = text(r.stdout)
+    assert r.returncode == 0, out + text(r.stderr)
+    assert "note: read llama.cpp's nodes" in out
+    assert "note: read attn_norm-1, kq-0, wqkv_b-1 in ggml's order" in out
+    for label in ("hidden[0]", "ln_1[1]", "q[1]", "v[0]", "attn_scores[0]", "attn[1]",
+                  "attn_heads[0]", "resid_attn[1]", "mlp_hidden[1]", "hidden[2]", "ln_f",
+                  "logits"):  # fmt: skip
+        assert f"\n{label} " in out, label
+
+
+def test_a_bug_in_llamacpp_nodes_is_blamed_on_its_operation(wide, tmp_path, monkeypatch):
+    t = traced_with(wide, monkeypatch, gelu=ports.gelu_cubic)
+    candidate = save_nodes(tmp_path / "llama", llamacpp_nodes(t))
+    last = blamed_with_model(wide, candidate)
+    assert last.startswith("blamed: mlp_hidden[0], "), last
+
+
+@pytest.mark.parametrize("precision", ["float16", "bfloat16", "q8_0"])
+def test_a_reduced_input_candidate_passes_at_its_precision_and_not_at_float32(
+    wide, tmp_path, monkeypatch, precision
+):
+    t = traced_with(wide, monkeypatch, matmul=ports.reduced_matmul(precision))
+    candidate = tmp_path / f"{precision}.npz"
+    np.savez(candidate, **t)
+    r = compare(wide, candidate, "--model", "wide", "--models-dir", str(wide), "--precision",
+                precision)  # fmt: skip
+    out = text(r.stdout)
+    assert r.returncode == 0, out + text(r.stderr)
+    assert f"{precision} vs float64" in out
+    last = blamed_with_model(wide, candidate)  # judged as float32: its products are wrong
+    assert last.startswith("blamed: q[0], "), last
+
+
+@pytest.mark.parametrize("precision", ["float16", "q8_0"])
+def test_a_bug_at_a_reduced_precision_is_still_blamed(wide, tmp_path, monkeypatch, precision):
+    t = traced_with(
+        wide, monkeypatch, matmul=ports.reduced_matmul(precision), gelu=ports.gelu_cubic
+    )
+    candidate = tmp_path / f"{precision}.npz"
+    np.savez(candidate, **t)
+    r = compare(wide, candidate, "--model", "wide", "--models-dir", str(wide), "--precision",
+                precision)  # fmt: skip
+    assert r.returncode == 1, text(r.stdout) + text(r.stderr)
+    last = text(r.stdout).splitlines()[-1]
+    assert last.startswith("blamed: mlp_hidden[0], "), last

@@ -12,13 +12,14 @@ the same small interface:
 - ``checksum_files(path) -> [Path]``: the files where picogpt2 records each
   tensor's CRC-32C (what it wrote: a conversion, or its own layout).
 - ``write(out, hparams, tensors, vocabulary)``: a new file or folder
-  ``out``, whole or not at all.
+  ``out``, whole or not at all (GGUF's takes ``outtype`` too: f32 or f16).
 
 The formats, in the order ``detect`` tries them: ``llmc`` (llm.c's ``.bin``,
-by its magic number), ``hf`` (a transformers folder, by ``config.json``),
-``openai`` (OpenAI's release: ``hparams.json`` and a TensorFlow
-checkpoint) and ``safetensors`` (``hparams.json`` and ``model.safetensors``
-in the checkpoint's names: what OpenAI's checkpoints are converted into).
+by its magic number), ``gguf`` (llama.cpp's GGUF, by its magic), ``hf`` (a
+transformers folder, by ``config.json``), ``openai`` (OpenAI's release:
+``hparams.json`` and a TensorFlow checkpoint) and ``safetensors``
+(``hparams.json`` and ``model.safetensors`` in the checkpoint's names: what
+OpenAI's checkpoints are converted into).
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from picogpt2.weights.formats import llmc, openai, safetensors, transformers
+from picogpt2.weights.formats import gguf, llmc, openai, safetensors, transformers
 from picogpt2.weights.formats.opened import OpenedModel
 
-FORMATS: dict[str, ModuleType] = {f.NAME: f for f in (llmc, transformers, openai, safetensors)}
+FORMATS: dict[str, ModuleType] = {
+    f.NAME: f for f in (llmc, gguf, transformers, openai, safetensors)
+}
 
 
 def detect(path: Path) -> OpenedModel | None:
