@@ -699,6 +699,30 @@ def test_with_only_the_logits_the_blame_is_the_whole_pass(wide, tmp_path, monkey
 
 
 N_KV = 32  # llama.cpp's KV cache: cells past the tokens, padded
+# Small widths (whole Q8_0 blocks of 32) and the tests' vocabulary: the
+# arithmetic is the same at every width, and each compare takes seconds.
+HN = HParams(n_vocab=264, n_ctx=32, n_embd=128, n_head=4, n_layer=2)
+
+
+@pytest.fixture(scope="module")
+def narrow(wide):
+    """ "narrow" beside "wide", and its float64 reference of IDS."""
+    safetensors.write(wide / "narrow", HN, tiny_tensors(HN.as_dict(), seed=7, scale=0.08),
+                      wide.parent / "vocabulary")  # fmt: skip
+    r = run("dump", "--ids", ",".join(map(str, IDS)), "--dtype", "float64", "--detail", "--out",
+            str(wide.parent / "ref_narrow.npz"), "--model-size", "narrow", "--models-dir",
+            str(wide))  # fmt: skip
+    assert r.returncode == 0, text(r.stderr)
+    return wide
+
+
+def judge_narrow(models, candidate, *extra):
+    return compare(models, candidate, "--model", "narrow", "--models-dir", str(models), *extra,
+                   reference=models.parent / "ref_narrow.npz")  # fmt: skip
+
+
+def last_line(r) -> str:
+    return text(r.stdout).splitlines()[-1]
 
 
 def llamacpp_nodes(t: dict, ggml_order: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
@@ -740,18 +764,20 @@ def save_nodes(folder, nodes):
     return folder
 
 
-def traced_with(wide, monkeypatch, **patches) -> dict:
+def traced_with(models, monkeypatch, **patches) -> dict:
+    """Our float32 pass of "narrow" with gpt2.py's functions ``patches``ed."""
     for name, fn in patches.items():
         monkeypatch.setattr(gpt2, name, fn)
-    t = load_model("wide", wide, show_progress=False).trace(IDS, detail=True)
+    t = load_model("narrow", models, show_progress=False).trace(IDS, detail=True)
     monkeypatch.undo()
     return t
 
 
-def test_llamacpp_nodes_are_read_as_saved(wide, ours32, tmp_path):
-    nodes = llamacpp_nodes(ours32, ggml_order=("attn_norm-1", "kq-0", "wqkv_b-1"))
+def test_llamacpp_nodes_are_read_as_saved(narrow, tmp_path, monkeypatch):
+    t = traced_with(narrow, monkeypatch)
+    nodes = llamacpp_nodes(t, ggml_order=("attn_norm-1", "kq-0", "wqkv_b-1"))
     candidate = save_nodes(tmp_path / "llama", nodes)
-    r = compare(wide, candidate, "--model", "wide", "--models-dir", str(wide))
+    r = judge_narrow(narrow, candidate)
     out = text(r.stdout)
     assert r.returncode == 0, out + text(r.stderr)
     assert "note: read llama.cpp's nodes" in out
@@ -762,38 +788,34 @@ def test_llamacpp_nodes_are_read_as_saved(wide, ours32, tmp_path):
         assert f"\n{label} " in out, label
 
 
-def test_a_bug_in_llamacpp_nodes_is_blamed_on_its_operation(wide, tmp_path, monkeypatch):
-    t = traced_with(wide, monkeypatch, gelu=ports.gelu_cubic)
+def test_a_bug_in_llamacpp_nodes_is_blamed_on_its_operation(narrow, tmp_path, monkeypatch):
+    t = traced_with(narrow, monkeypatch, gelu=ports.gelu_cubic)
     candidate = save_nodes(tmp_path / "llama", llamacpp_nodes(t))
-    last = blamed_with_model(wide, candidate)
-    assert last.startswith("blamed: mlp_hidden[0], "), last
+    r = judge_narrow(narrow, candidate)
+    assert r.returncode == 1 and last_line(r).startswith("blamed: mlp_hidden[0], "), last_line(r)
 
 
 @pytest.mark.parametrize("precision", ["float16", "bfloat16", "q8_0"])
 def test_a_reduced_input_candidate_passes_at_its_precision_and_not_at_float32(
-    wide, tmp_path, monkeypatch, precision
+    narrow, tmp_path, monkeypatch, precision
 ):
-    t = traced_with(wide, monkeypatch, matmul=ports.reduced_matmul(precision))
+    t = traced_with(narrow, monkeypatch, matmul=ports.reduced_matmul(precision))
     candidate = tmp_path / f"{precision}.npz"
     np.savez(candidate, **t)
-    r = compare(wide, candidate, "--model", "wide", "--models-dir", str(wide), "--precision",
-                precision)  # fmt: skip
+    r = judge_narrow(narrow, candidate, "--precision", precision)
     out = text(r.stdout)
     assert r.returncode == 0, out + text(r.stderr)
     assert f"{precision} vs float64" in out
-    last = blamed_with_model(wide, candidate)  # judged as float32: its products are wrong
-    assert last.startswith("blamed: q[0], "), last
+    r = judge_narrow(narrow, candidate)  # judged as float32: its products are wrong
+    assert r.returncode == 1 and last_line(r).startswith("blamed: q[0], "), last_line(r)
 
 
 @pytest.mark.parametrize("precision", ["float16", "q8_0"])
-def test_a_bug_at_a_reduced_precision_is_still_blamed(wide, tmp_path, monkeypatch, precision):
-    t = traced_with(
-        wide, monkeypatch, matmul=ports.reduced_matmul(precision), gelu=ports.gelu_cubic
-    )
+def test_a_bug_at_a_reduced_precision_is_still_blamed(narrow, tmp_path, monkeypatch, precision):
+    reduced = ports.reduced_matmul(precision)
+    t = traced_with(narrow, monkeypatch, matmul=reduced, gelu=ports.gelu_cubic)
     candidate = tmp_path / f"{precision}.npz"
     np.savez(candidate, **t)
-    r = compare(wide, candidate, "--model", "wide", "--models-dir", str(wide), "--precision",
-                precision)  # fmt: skip
+    r = judge_narrow(narrow, candidate, "--precision", precision)
     assert r.returncode == 1, text(r.stdout) + text(r.stderr)
-    last = text(r.stdout).splitlines()[-1]
-    assert last.startswith("blamed: mlp_hidden[0], "), last
+    assert last_line(r).startswith("blamed: mlp_hidden[0], "), last_line(r)
