@@ -120,8 +120,10 @@ BLAMED = {
 
 
 @pytest.mark.parametrize("bug", list(BLAMED))
-def test_a_numpy_bug_is_blamed_on_its_own_operation(wide, tmp_path, monkeypatch, bug):
-    model = load_model("wide", wide, show_progress=False)
+def test_a_numpy_bug_is_blamed_on_its_own_operation(wide, wide1, tmp_path, monkeypatch, bug):
+    # One block of 124M's widths holds every operation the bugs are in.
+    ids = wide1[len(IDS)]
+    model = load_model("wide1", wide, show_progress=False)
     if bug in PATCHES:
         monkeypatch.setattr(gpt2, *PATCHES[bug])
     elif bug == "wpe_shift":
@@ -130,13 +132,15 @@ def test_a_numpy_bug_is_blamed_on_its_own_operation(wide, tmp_path, monkeypatch,
         for block in model.params["blocks"]:
             EDITS[bug](block)
     candidate = tmp_path / "mine.npz"
-    np.savez(candidate, **model.trace(IDS, detail=True))
+    np.savez(candidate, **model.trace(ids, detail=True))
     monkeypatch.undo()
-    last = blamed_with_model(wide, candidate)
-    assert last.startswith(f"blamed: {BLAMED[bug]}, "), last
+    judged = ("--model", "wide1", "--models-dir", str(wide))
+    r = compare(wide, candidate, *judged, reference=wide1.reference(len(IDS)))
+    last = text(r.stdout).splitlines()[-1]
+    assert r.returncode == 1 and last.startswith(f"blamed: {BLAMED[bug]}, "), last
     if bug == "gelu_cubic":  # within the end-to-end tolerance, and still one verdict: NOT OK
         assert "NOT OK although every key is within the end-to-end tolerance" in last, last
-        r = compare(wide, candidate, "--model", "wide", "--models-dir", str(wide), "--json")
+        r = compare(wide, candidate, *judged, "--json", reference=wide1.reference(len(IDS)))
         report = json.loads(r.stdout)
         assert r.returncode == 1 and not report["ok"] and report["blamed"]["label"] == BLAMED[bug]
         assert report["first_wrong"] is None
@@ -209,10 +213,14 @@ C_BUGS = {"gelu_cubic": "mlp_hidden[0]", "eps_small": "ln_1[0]", "wpe_shift": "h
 
 
 @pytest.mark.parametrize("bug", list(C_BUGS))
-def test_a_c_bug_is_blamed_on_its_own_operation(wide, c_build, bug):
-    out = run_c(c_build, bug, IDS, bug)
-    last = blamed_with_model(wide, out)
-    assert last.startswith(f"blamed: {C_BUGS[bug]}, "), last
+def test_a_c_bug_is_blamed_on_its_own_operation(wide, wide1, c_build, bug):
+    # One block of 124M's widths holds every operation the bugs are in.
+    ids = wide1[len(IDS)]
+    out = run_c(c_build, bug, ids, bug, wide.parent / "wide1.bin")
+    r = compare(wide, out, "--model", "wide1", "--models-dir", str(wide),
+                reference=wide1.reference(len(IDS)))  # fmt: skip
+    last = text(r.stdout).splitlines()[-1]
+    assert r.returncode == 1 and last.startswith(f"blamed: {C_BUGS[bug]}, "), last
 
 
 def test_the_clean_c_candidate_passes_at_the_full_context(wide, wide1, c_build):

@@ -1,0 +1,170 @@
+"""Where one decode step's time goes: the step measured whole, beside the
+same step's pieces timed one at a time, so every microsecond outside the
+matrix products is accounted for.
+
+    python benchmarks/profile_decode.py [--size 124M] [--layers N --width W] [--past 48]
+
+Random weights with the size's shapes (or a custom one), float32, batch 1,
+``--past`` positions already cached. Each piece (the matrix products, the
+biases, the layer norms, GELU, the attention over the cache, the head,
+sampling, ...) runs on arrays of the step's real shapes, repeated until
+its time is steady, and is multiplied by how often a step does it; the
+step itself is ``model.forward`` on one new id plus choosing the token,
+what ``generate`` does per token. What the pieces do not explain is the
+per-call Python of the forward pass. Medians of ``--repeats`` rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from tiny import tiny_tensors  # noqa: E402
+
+from picogpt2 import gpt2  # noqa: E402
+from picogpt2.hparams import SIZES, HParams  # noqa: E402
+from picogpt2.sampling import SplitMix64, sample  # noqa: E402
+from picogpt2.state import KVCache  # noqa: E402
+from picogpt2.weights.params import map_params, params_from_tensors  # noqa: E402
+
+
+def per_call(fn: Callable[[], object], seconds: float = 0.2) -> float:
+    """Seconds per call of ``fn``, repeated for about ``seconds``."""
+    fn()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    return (time.perf_counter() - start) / n
+
+
+def new_cache(h: HParams, past: int) -> list[KVCache]:
+    """One block's cache holding ``past`` positions (zeros)."""
+    cache = KVCache(1, h.n_head, past + 64, h.head_dim, like=np.zeros(1, np.float32))
+    zeros = np.zeros((1, h.n_head, past, h.head_dim), np.float32)
+    cache.extend(zeros, zeros)
+    return cache
+
+
+def pieces(params: dict, h: HParams, past: int) -> dict[str, tuple[Callable[[], object], int]]:
+    """name -> (one call on the step's shapes, calls per step)."""
+    rng = np.random.default_rng(0)
+    e, L = h.n_embd, h.n_layer
+    block = params["blocks"][0]
+    x = rng.standard_normal((1, 1, e)).astype(np.float32)
+    x4 = rng.standard_normal((1, 1, 4 * e)).astype(np.float32)
+    # Every block's: the weights stream from memory, as in a step.
+    kinds = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))
+    matrices = [(b[part][name], x4 if (part, name) == ("mlp", "c_proj") else x)
+                for b in params["blocks"] for part, name in kinds]  # fmt: skip
+    cache = new_cache(h, past)
+    q = rng.standard_normal((1, h.n_head, 1, h.head_dim)).astype(np.float32)
+    k, v = cache.k[:, :, : past + 1], cache.v[:, :, : past + 1]
+    qkv = rng.standard_normal((1, 1, 3 * e)).astype(np.float32)
+    heads = rng.standard_normal((1, h.n_head, 1, h.head_dim)).astype(np.float32)
+    scores = gpt2.attention_scores(q, k)
+    probs = gpt2.causal_softmax(scores)
+    ids, wpe = np.array([[5]]), params["wpe"][past : past + 1]
+    logits = rng.standard_normal(h.n_vocab).astype(np.float32)
+    wte, ln = params["wte"], block["ln_1"]
+
+    def matmuls() -> None:
+        for p, inp in matrices:
+            gpt2.matmul(inp, p["w"])
+
+    def linears() -> None:
+        for p, inp in matrices:
+            gpt2.linear(inp, **p)
+
+    def extend() -> None:
+        cache.length = past
+        cache.extend(q, q)
+
+    def split() -> None:
+        list(gpt2.split_heads(t, h.n_head) for t in np.split(qkv, 3, axis=-1))
+
+    return {
+        "matrix products (4 per block)": (matmuls, 1),
+        "the head, x @ wte.T": (lambda: gpt2.lm_head(x, wte), 1),
+        "linear: the products + biases": (linears, 1),
+        "layer norms": (lambda: gpt2.layer_norm(x, **ln), 2 * L + 1),
+        "GELU": (lambda: gpt2.gelu(x4), L),
+        "split q, k, v into heads": (split, L),
+        "KV cache extend": (extend, L),
+        "attention scores": (lambda: gpt2.attention_scores(q, k), L),
+        "causal softmax": (lambda: gpt2.causal_softmax(scores), L),
+        "probs @ v": (lambda: probs @ v, L),
+        "merge heads": (lambda: gpt2.merge_heads(heads), L),
+        "residual adds": (lambda: x + x, 2 * L),
+        "embeddings wte[ids] + wpe": (lambda: wte[ids] + wpe, 1),
+        "finite check of the logits": (lambda: np.all(np.isfinite(logits)), 1),
+        "greedy choice": (lambda: sample(logits, SplitMix64(0)), 1),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="124M")
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--past", type=int, default=48, help="positions already cached")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    h = SIZES[args.size]
+    if args.layers or args.width:
+        width = args.width or h.n_embd
+        h = HParams(n_vocab=h.n_vocab, n_ctx=h.n_ctx, n_embd=width, n_head=width // 64,
+                    n_layer=args.layers or h.n_layer)  # fmt: skip
+    params = map_params(params_from_tensors(tiny_tensors(h.as_dict(), seed=0, scale=0.02), h),
+                        lambda a: np.ascontiguousarray(a, np.float32))  # fmt: skip
+    parts = pieces(params, h, args.past)
+    rng = SplitMix64(0)
+
+    caches = [new_cache(h, args.past) for _ in range(h.n_layer)]
+
+    def step() -> None:
+        for c in caches:
+            c.length = args.past
+        logits = gpt2.gpt2(np.array([[5]]), **params, n_head=h.n_head, cache=caches,
+                           last_only=True)[0, 0]  # fmt: skip
+        np.all(np.isfinite(logits))
+        sample(logits, rng)
+
+    rounds: dict[str, list[float]] = {name: [] for name in ["one decode step", *parts]}
+    for _ in range(args.repeats):
+        rounds["one decode step"].append(per_call(step, 1.0))
+        for name, (fn, count) in parts.items():
+            rounds[name].append(per_call(fn) * count)
+    medians = {name: statistics.median(times) * 1e3 for name, times in rounds.items()}
+    total = medians.pop("one decode step")
+    linear = medians.pop("linear: the products + biases")
+    medians["the biases (linear - products)"] = linear - medians["matrix products (4 per block)"]
+    floor = medians["matrix products (4 per block)"] + medians["the head, x @ wte.T"]
+    print(
+        f"{h.n_layer} blocks, n_embd {h.n_embd}, {h.n_head} heads, vocabulary {h.n_vocab}; "
+        f"{args.past} positions cached; medians of {args.repeats} rounds, ms per step"
+    )
+    print(f"{'piece':32} {'ms':>8} {'of step':>8}")
+    for name, ms in medians.items():
+        print(f"{name:32} {ms:8.3f} {ms / total:8.1%}")
+    rest = total - sum(medians.values())
+    print(f"{'unexplained (Python per call)':32} {rest:8.3f} {rest / total:8.1%}")
+    print(f"{'one decode step':32} {total:8.3f} {1:8.1%}")
+    print(
+        f"the matrix products alone: {floor:.3f} ms, {floor / total:.0%} of the step "
+        f"({1e3 / total:.1f} tok/s against {1e3 / floor:.1f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
