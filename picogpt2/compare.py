@@ -26,7 +26,7 @@ from picogpt2.cli.running import run_cli
 from picogpt2.oracle.comparison import Check, Generation, Model, Report, compare
 from picogpt2.oracle.dumps import load_dump, value_limit
 from picogpt2.oracle.plot import svg
-from picogpt2.oracle.rounding import PRECISIONS
+from picogpt2.oracle.rounding import PRECISIONS, REDUCED_WEIGHTS
 from picogpt2.util.atomic import atomic_write, require_new
 from picogpt2.util.errors import InputError
 from picogpt2.util.textio import printable
@@ -87,14 +87,34 @@ def format_report(r: Report) -> str:
                   f"{'matches' if h.matches else 'differs'} ({h.distance:.2g} of the tolerance)"
                   for h in r.placement.hypotheses]  # fmt: skip
     lines += [f"not judged: {item}" for item in r.not_judged]
+    lines += precision_hints(r)
+    lines.append(conclusion(r))
+    return "\n".join(lines)
+
+
+def precision_hints(r: Report) -> list[str]:
+    """What the errors' size says of the precision the candidate computed in."""
+    lines = []
+    if r.reduced_fit:
+        fits, weights = r.reduced_fit, [REDUCED_WEIGHTS[p] for p in r.reduced_fit]
+        which = f"--precision {fits[0]}" if len(fits) == 1 else "--precision with that type"
+        lines.append(
+            f"precision: {r.blamed.label} is within its bound if each matrix product converts "
+            f"its input to {either(fits)} first (as llama.cpp does with {either(weights)} "
+            f"weights): if yours does, give {which}"
+        )
     if r.float32_sized is not None:
         lines.append(
             f"precision: the errors are the size of float32 rounding (at most "
             f"{r.float32_sized:.1e}); if your implementation computes in float32 and only "
             "stores float64 (NumPy 2 promotes float32 / float64 scalars), use --precision float32"
         )
-    lines.append(conclusion(r))
-    return "\n".join(lines)
+    return lines
+
+
+def either(names: list[str]) -> str:
+    """Names as a list in words: one alone, two joined by "or", three as "a, b or c"."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def generation_line(g: Generation) -> str:
@@ -266,6 +286,7 @@ def report_json(r: Report) -> dict:
                                                          "ratio": r.first_jump.ratio},
         "isolated": r.isolated,
         "float32_sized": r.float32_sized,
+        "reduced_fit": r.reduced_fit,
         "argmax": argmax,
         "distributions": None if r.distributions is None else asdict(r.distributions),
         "generation": generation,

@@ -156,6 +156,8 @@ class Report:
     generation: Generation | None = None
     not_judged: list[str] = field(default_factory=list)  # the candidate's keys, and why not
     placement: Placement | None = None  # where a decode that differs goes wrong
+    # The reduced precisions under whose bounds the blamed product passes.
+    reduced_fit: list[str] = field(default_factory=list)
     first_wrong: Check | None = field(init=False)
     blamed: Check | None = field(init=False)  # the first operation wrong on its own inputs
     first_jump: Jump | None = field(init=False)
@@ -242,11 +244,37 @@ def compare(
         report.argmax = argmax_report(*logits, judge.tolerance())
         report.distributions = distribution_summary(*logits)
         release()
+    if isolation is not None and report.blamed is not None and judge.precision == "float32":
+        report.reduced_fit = reduced_fit(report.blamed, model, isolation, candidate, judge.tiny)
     if model is not None and generation is not None and generation.first_wrong_step is not None:
         report.placement = place(model.params, model.n_head, ref_flat["ids"],
                                  ref_flat["gen_ids"], cand_flat, generation.first_wrong_step,
                                  judge.tolerance()[0])  # fmt: skip
     return report
+
+
+# Keys made by a matrix product with the weights: what a reduced precision changes.
+PRODUCTS = ("q", "k", "v", "attn_out", "mlp_pre", "mlp_out", "logits")
+
+
+def reduced_fit(
+    blamed: Check, model: Model, isolation: Isolation, candidate: Activations, tiny: float
+) -> list[str]:
+    """The reduced precisions (``rounding.REDUCED``) under whose bounds a
+    float32 candidate's blamed matrix product passes on its own inputs:
+    what llama.cpp's kernels do with F16, BF16 or Q8_0 weights, not a bug
+    (none: it is over every bound, or it is no such product)."""
+    if blamed.key not in PRODUCTS or blamed.span:
+        return []
+    cand = candidate.layers[blamed.key][blamed.layer]
+    fits = []
+    for precision in rounding.REDUCED:
+        arithmetic = rounding.Arithmetic(precision)
+        other = Isolation(model.params, model.n_head, isolation.cand, isolation.ids, arithmetic)
+        found = other.isolated(blamed.key, blamed.layer)
+        if margins(blamed.key, found.value, found.bound, cand, tiny)[0] <= 1:
+            fits.append(precision)
+    return fits
 
 
 # -- measuring ---------------------------------------------------------------------

@@ -80,6 +80,7 @@ TINY = {"float32": float(np.finfo(np.float32).tiny), "float64": float(np.finfo(n
 # Precisions whose matrix products with the weights take reduced inputs
 # (module docstring), summing in float32; Q8_0's blocks hold 32 values.
 REDUCED = ("float16", "bfloat16", "q8_0")
+REDUCED_WEIGHTS = {"float16": "F16", "bfloat16": "BF16", "q8_0": "Q8_0"}  # llama.cpp's weights
 PRECISIONS = ("float32", "float64", *REDUCED)
 Q8_BLOCK = 32
 HALF_SUBNORMAL = 2.0**-25  # half float16's smallest step: its rounding near zero

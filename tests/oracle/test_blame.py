@@ -24,7 +24,10 @@ from picogpt2.hparams import SIZES, HParams
 from picogpt2.model import load_model
 from picogpt2.weights.formats import safetensors
 
-H = HParams(**{**SIZES["124M"].as_dict(), "n_layer": 2})  # 124M's widths, two blocks
+# 124M's widths, two blocks; a vocabulary of 500 (no sum runs over it, and
+# the head's float64 recomputation and bound over 50,257 columns would be
+# most of each compare's time).
+H = HParams(**{**SIZES["124M"].as_dict(), "n_layer": 2, "n_vocab": 500})
 IDS = list(range(5, 21))
 CC = shutil.which("cc") or shutil.which("gcc")
 NO_BIAS = ("no_bias_c_attn", "no_bias_attn_c_proj", "no_bias_c_fc", "no_bias_mlp_c_proj")
@@ -469,7 +472,7 @@ def llmc_names(t: dict) -> dict:
 
     preatt = t["attn_scores"].copy()
     preatt[..., ~np.tril(np.ones(preatt.shape[-2:], bool))] = 1e30
-    logits = np.concatenate([t["logits"], np.zeros((len(IDS), 47), np.float32)], axis=-1)
+    logits = np.concatenate([t["logits"], np.zeros((len(IDS), 12), np.float32)], axis=-1)
     return {
         "encoded": t["hidden"][0][None], "ln1": batched(t["ln_1"]),
         "qkv": batched(np.concatenate([merged(t[k]) for k in "qkv"], axis=-1)),
@@ -488,7 +491,7 @@ def test_llmc_activation_tensors_are_read_as_saved(wide, ours32, tmp_path):
     out = text(r.stdout)
     assert r.returncode == 0, out + text(r.stderr)
     assert "note: read llm.c's names" in out and "dropped the batch axis" in out
-    assert "padded vocabulary trimmed to 50257" in out
+    assert "padded vocabulary trimmed to 500" in out
     for label in ("q[1]", "attn_scores[0]", "mlp_pre[1]", "hidden[2]", "ln_f", "logits"):
         assert f"\n{label} " in out
 
@@ -816,6 +819,9 @@ def test_a_reduced_input_candidate_passes_at_its_precision_and_not_at_float32(
     assert f"{precision} vs float64" in out
     r = judge_narrow(narrow, candidate)  # judged as float32: its products are wrong
     assert r.returncode == 1 and last_line(r).startswith("blamed: q[0], "), last_line(r)
+    hint = next(line for line in text(r.stdout).splitlines() if line.startswith("precision:"))
+    assert "q[0] is within its bound if each matrix product converts its input to" in hint
+    assert precision in hint.split(" first ")[0], hint
 
 
 @pytest.mark.parametrize("precision", ["float16", "q8_0"])
@@ -827,3 +833,17 @@ def test_a_bug_at_a_reduced_precision_is_still_blamed(narrow, tmp_path, monkeypa
     r = judge_narrow(narrow, candidate, "--precision", precision)
     assert r.returncode == 1, text(r.stdout) + text(r.stderr)
     assert last_line(r).startswith("blamed: mlp_hidden[0], "), last_line(r)
+    assert "\nprecision:" not in text(r.stdout)  # GELU is no matrix product: no hint
+
+
+def test_a_product_over_every_bound_gets_no_precision_hint(narrow, tmp_path):
+    model = load_model("narrow", narrow, show_progress=False)
+    for block in model.params["blocks"]:
+        EDITS["no_bias_c_attn"](block)
+    candidate = tmp_path / "no_bias.npz"
+    np.savez(candidate, **model.trace(IDS, detail=True))
+    r = judge_narrow(narrow, candidate)
+    assert r.returncode == 1 and last_line(r).startswith("blamed: q[0], "), last_line(r)
+    assert "\nprecision:" not in text(r.stdout)
+    report = json.loads(judge_narrow(narrow, candidate, "--json").stdout)
+    assert report["reduced_fit"] == []
