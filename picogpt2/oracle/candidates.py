@@ -203,14 +203,14 @@ def _read_llamacpp(
         node = LLAMACPP_NODE.match(name)
         key, offset = LLAMACPP[node["node"]] if node else LLAMACPP_TOP[name]
         layer = None if offset is None else (int(node["i"]) if node else 0) + offset
-        if node and node["node"] == "wqkv_b":
-            if array.ndim == 2 and _width_first(array, reference):
-                array, _ = array.reshape(array.shape[::-1]), flipped.append(name)
+        qkv = node is not None and node["node"] == "wqkv_b"
+        expected = _qkv_shape(reference) if qkv else _reference_shape(reference, key, layer)
+        if _in_ggml_order(array.shape, expected):
+            array = array.reshape(array.shape[::-1])
+            flipped.append(name)
+        if qkv:
             _split_qkv(array[None], _n_head(reference), out, name, layer)
             continue
-        expected = _reference_shape(reference, key, layer)
-        if _in_ggml_order(array.shape, expected):
-            array, _ = array.reshape(array.shape[::-1]), flipped.append(name)
         if key in ("attn", "attn_scores"):
             array = _attention(name, key, array, reference, out)
         if array is not None:
@@ -251,12 +251,10 @@ def _attention(
     return array / np.sqrt(head_dim)
 
 
-def _width_first(array: np.ndarray, reference: Activations) -> bool:
-    """A [3*n_embd, n] wqkv_b saved in ggml's order: its first axis is the
-    reference's q width times three, its last is not."""
+def _qkv_shape(reference: Activations) -> tuple[int, ...] | None:
+    """wqkv_b's shape, [n, 3*n_embd], from the reference's q [n_head, n, head_dim]."""
     q = next(iter(reference.layers.get("q", {}).values()), None)
-    width = None if q is None else 3 * q.shape[0] * q.shape[-1]
-    return width is not None and array.shape[0] == width and array.shape[1] != width
+    return None if q is None else (q.shape[1], 3 * q.shape[0] * q.shape[2])
 
 
 def _head_dim(reference: Activations) -> int | None:

@@ -253,10 +253,6 @@ def compare(
     return report
 
 
-# Keys made by a matrix product with the weights: what a reduced precision changes.
-PRODUCTS = ("q", "k", "v", "attn_out", "mlp_pre", "mlp_out", "logits")
-
-
 def reduced_fit(
     blamed: Check, model: Model, isolation: Isolation, candidate: Activations, tiny: float
 ) -> list[str]:
@@ -264,7 +260,7 @@ def reduced_fit(
     float32 candidate's blamed matrix product passes on its own inputs:
     what llama.cpp's kernels do with F16, BF16 or Q8_0 weights, not a bug
     (none: it is over every bound, or it is no such product)."""
-    if blamed.key not in PRODUCTS or blamed.span:
+    if blamed.key not in rounding.PRODUCTS or blamed.span:
         return []
     cand = candidate.layers[blamed.key][blamed.layer]
     fits = []

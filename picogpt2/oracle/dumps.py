@@ -30,12 +30,8 @@ from picogpt2.gpt2 import log_softmax
 from picogpt2.model import GPT2
 from picogpt2.util.atomic import atomic_folder, atomic_write
 from picogpt2.util.errors import InputError, WeightsError
-from picogpt2.weights.formats.safetensors import (
-    NAME_DTYPES,
-    bfloat16_to_float32,
-    read_entries,
-    write_tensors,
-)
+from picogpt2.weights.formats.safetensors import NAME_DTYPES, read_entries, write_tensors
+from picogpt2.weights.ggml_types import bfloat16_to_float32
 
 FORMATS = ("npz", "safetensors", "npy-dir")
 TOP = 5  # the most likely ids recorded per generated token

@@ -136,10 +136,10 @@ class Arithmetic:
     def product_input(self, x: np.ndarray) -> np.ndarray | None:
         """How far, per element, ``x`` [..., n_in] may move before a product
         with the weights (None: not at all)."""
-        if self.precision in ("float16", "bfloat16"):
-            return UNIT_ROUNDOFF[self.precision] * np.abs(x) + HALF_SUBNORMAL * (
-                self.precision == "float16"
-            )
+        if self.precision == "float16":
+            return UNIT_ROUNDOFF["float16"] * np.abs(x) + HALF_SUBNORMAL
+        if self.precision == "bfloat16":  # float32's exponent range: no subnormal term
+            return UNIT_ROUNDOFF["bfloat16"] * np.abs(x)
         if self.precision != "q8_0":
             return None
         n = x.shape[-1]
@@ -344,6 +344,9 @@ def _head(w: Weights, a: Arithmetic, x: tuple, out: np.ndarray) -> Bound:
     return linear(a.u, *x, wte.T, None, out, a.product_input(x[0]))
 
 
+# The keys made by a matrix product with the weights: what a reduced
+# precision changes (their bounds take ``Arithmetic.product_input``).
+PRODUCTS = ("q", "k", "v", "attn_out", "mlp_pre", "mlp_out", "logits")
 BOUNDS: dict[str, Callable[..., Bound]] = {
     "embeddings": lambda w, a, out: embeddings(a.u, out),
     "hidden": lambda w, a, x, y, out: add(a.u, *x, *y, out),

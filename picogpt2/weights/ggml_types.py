@@ -53,11 +53,11 @@ def _f16(blocks: np.ndarray, at: int) -> np.ndarray:
     return blocks[:, at : at + 2].copy().view("<f2").astype(np.float32)
 
 
-def _nibbles(packed: np.ndarray) -> np.ndarray:
-    """[n, 16 k] bytes -> [n, 32 k] 4-bit values: per 16 bytes, the low
-    nibbles then the high ones."""
+def _nibbles(packed: np.ndarray, group: int = 16) -> np.ndarray:
+    """[n, group k] bytes -> [n, 2 group k] 4-bit values: per ``group``
+    bytes, their low nibbles, then their high ones."""
     n = packed.shape[0]
-    groups = packed.reshape(n, -1, 1, 16)
+    groups = packed.reshape(n, -1, 1, group)
     return ((groups >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)) & 0xF).reshape(n, -1)
 
 
@@ -67,21 +67,26 @@ def _bits(packed: np.ndarray, count: int) -> np.ndarray:
     return np.unpackbits(packed, axis=-1, count=count, bitorder="little")
 
 
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 is the top half of a float32: widen the 16 bits exactly."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+# F32, F16 and BF16 blocks are one value each, whole rows of bytes: viewed in place.
 def _f32(blocks: np.ndarray) -> np.ndarray:
-    return blocks.copy().view("<f4")
+    return blocks.view("<f4")
 
 
 def _f16_values(blocks: np.ndarray) -> np.ndarray:
-    return blocks.copy().view("<f2").astype(np.float32)
+    return blocks.view("<f2").astype(np.float32)
 
 
 def _bf16(blocks: np.ndarray) -> np.ndarray:
-    """bfloat16 is float32's upper half: shifted back, exactly."""
-    return (blocks.copy().view("<u2").astype(np.uint32) << 16).view(np.float32)
+    return bfloat16_to_float32(blocks.view("<u2"))
 
 
 def _q8_0(blocks: np.ndarray) -> np.ndarray:
-    q = blocks[:, 2:].copy().view(np.int8).astype(np.float32)
+    q = blocks[:, 2:].view(np.int8).astype(np.float32)
     return q * _f16(blocks, 0)
 
 
@@ -129,16 +134,8 @@ def _k_offset(blocks: np.ndarray, q: np.ndarray) -> np.ndarray:
     return (step * q.reshape(n, 8, 32) - offset).reshape(n, 256)
 
 
-def _k_nibbles(packed: np.ndarray) -> np.ndarray:
-    """[n, 128] bytes -> [n, 256] 4-bit values: per 32 bytes, the low
-    nibbles (one sub-block) then the high ones (the next)."""
-    n = packed.shape[0]
-    groups = packed.reshape(n, 4, 1, 32)
-    return ((groups >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)) & 0xF).reshape(n, 256)
-
-
 def _q4_k(blocks: np.ndarray) -> np.ndarray:
-    return _k_offset(blocks, _k_nibbles(blocks[:, 16:]).astype(np.float32))
+    return _k_offset(blocks, _nibbles(blocks[:, 16:], 32).astype(np.float32))
 
 
 def _q5_k(blocks: np.ndarray) -> np.ndarray:
@@ -146,7 +143,7 @@ def _q5_k(blocks: np.ndarray) -> np.ndarray:
     n = blocks.shape[0]
     high = _bits(blocks[:, 16:48].reshape(n, 32, 1), 8)  # [n, 32 bytes, 8 sub-blocks]
     high = np.swapaxes(high, 1, 2).reshape(n, 256)
-    return _k_offset(blocks, (_k_nibbles(blocks[:, 48:]) | high << 4).astype(np.float32))
+    return _k_offset(blocks, (_nibbles(blocks[:, 48:], 32) | high << 4).astype(np.float32))
 
 
 def _q6_k(blocks: np.ndarray) -> np.ndarray:
@@ -160,7 +157,7 @@ def _q6_k(blocks: np.ndarray) -> np.ndarray:
     high = blocks[:, 128:192].reshape(n, 2, 1, 32)  # [n, half, r, l]
     high = (high >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)) & 3
     q = (low.reshape(n, 2, 4, 32) | high << 4).astype(np.float32) - np.float32(32)
-    scales = blocks[:, 192:208].copy().view(np.int8).astype(np.float32)
+    scales = blocks[:, 192:208].view(np.int8).astype(np.float32)
     step = (_f16(blocks, 208) * scales)[:, :, None]  # [n, 16, 1]
     return (step * q.reshape(n, 16, 16)).reshape(n, 256)
 

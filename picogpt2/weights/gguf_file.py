@@ -21,6 +21,7 @@ as it is read, and every lie is one line naming the file.
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import struct
@@ -69,7 +70,6 @@ class GGUFFile:
     metadata: dict[str, object]
     tensors: dict[str, TensorInfo]
     mapped: mmap.mmap
-    header: bytes  # what a fingerprint covers
 
     def data(self, info: TensorInfo) -> np.ndarray:
         """The tensor's bytes (uint8), a view of the file."""
@@ -131,9 +131,19 @@ class _Reader:
 
 def open_gguf(path: Path) -> GGUFFile | None:
     """The GGUF file at ``path``, its header read and checked; None when it
-    is not GGUF (no magic)."""
+    is not GGUF (no magic). Read once while the file stays as it is (its
+    size, time and inode): opening a model and reading the vocabulary it
+    carries share one reading."""
     if not path.is_file():
         return None
+    stat = path.stat()
+    return _opened(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=4)
+def _opened(path: Path, size: int, mtime_ns: int, inode: int) -> GGUFFile | None:
+    """``open_gguf``'s reading, for the file as ``size``, ``mtime_ns`` and
+    ``inode`` identify it."""
     with open(path, "rb") as f:
         if f.read(4) != MAGIC:
             return None
@@ -163,7 +173,7 @@ def open_gguf(path: Path) -> GGUFFile | None:
     table = [_tensor_info(reader, i) for i in range(n_tensors)]
     data_start = -(-reader.at // alignment) * alignment
     tensors = _placed(reader, table, data_start, alignment)
-    return GGUFFile(path, version, metadata, tensors, mapped, bytes(mapped[: reader.at]))
+    return GGUFFile(path, version, metadata, tensors, mapped)
 
 
 def _tensor_info(reader: _Reader, i: int) -> tuple[str, tuple[int, ...], int, int]:

@@ -13,6 +13,7 @@ from tiny import make_tiny_model
 
 from picogpt2.model import load_model
 from picogpt2.util.errors import FormatError
+from picogpt2.weights import gguf_file
 from picogpt2.weights.formats import gguf
 from picogpt2.weights.ggml_types import BY_NAME, dequantize
 from picogpt2.weights.gguf_file import open_gguf, write_gguf
@@ -93,6 +94,17 @@ def test_generate_and_tokens_run_a_gguf_with_the_vocabulary_inside(models, f32, 
     assert f"from {alone} (the path given)" in text(r.stderr)
     tokens = run("tokens", "--model-size", str(alone), "the cat")
     assert tokens.stdout == run("tokens", "--vocab-dir", str(models / "tiny"), "the cat").stdout
+
+
+def test_a_load_reads_the_gguf_once_for_its_weights_and_its_vocabulary(f32, tmp_path):
+    path = tmp_path / "once.gguf"
+    path.write_bytes(f32.read_bytes())
+    gguf_file._opened.cache_clear()
+    load_model(path, show_progress=False)
+    assert gguf_file._opened.cache_info().misses == 1  # the vocabulary did not read it again
+    path.write_bytes(path.read_bytes())  # rewritten: read afresh
+    load_model(path, show_progress=False)
+    assert gguf_file._opened.cache_info().misses == 2
 
 
 def test_a_gguf_without_a_vocabulary_uses_the_folder_beside_or_the_one_given(

@@ -89,7 +89,7 @@ def detect(path: Path) -> OpenedModel | None:
         return None
     hparams = _hparams(gguf)
     names = _names(gguf, hparams)
-    identity = fingerprint([(path, os.stat(path), gguf.header[:HEAD])])
+    identity = fingerprint([(path, os.stat(path), gguf.mapped[:HEAD])])
     mend = f"delete it, and picogpt2 converts {path} again"
 
     def produce() -> cache.Conversion:

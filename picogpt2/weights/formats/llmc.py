@@ -28,7 +28,7 @@ from picogpt2.util.atomic import atomic_write
 from picogpt2.util.errors import FormatError
 from picogpt2.weights.formats import cache
 from picogpt2.weights.formats.opened import HEAD, OpenedModel, fingerprint
-from picogpt2.weights.formats.safetensors import bfloat16_to_float32
+from picogpt2.weights.ggml_types import bfloat16_to_float32
 from picogpt2.weights.params import Tensor, block_schema, parameter_count, parse_hparams, schema
 
 NAME = "llmc"

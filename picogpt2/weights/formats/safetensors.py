@@ -39,6 +39,7 @@ from picogpt2.util.crc32c import crc32c
 from picogpt2.util.errors import WeightsError
 from picogpt2.util.textio import parse_json
 from picogpt2.weights.formats.opened import HEAD, OpenedModel, fingerprint
+from picogpt2.weights.ggml_types import bfloat16_to_float32
 from picogpt2.weights.params import HPARAMS_FILE, Shapes, check_shapes, read_hparams, write_hparams
 from picogpt2.weights.vocabulary import copy_vocabulary
 
@@ -206,11 +207,6 @@ def _check_entry(path: Path, name: str, info: object, start: int) -> int:
 
 def _is_size(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 is the top half of a float32: widen the 16 bits exactly."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def crc_metadata(crcs: dict[str, int]) -> dict[str, str]:
