@@ -1,17 +1,23 @@
-"""Where one decode step's time goes: the step measured whole, beside the
-same step's pieces timed one at a time, so every microsecond outside the
-matrix products is accounted for.
+"""Where one decode step's time goes, two ways.
 
     python benchmarks/profile_decode.py [--size 124M] [--layers N --width W] [--past 48]
 
 Random weights with the size's shapes (or a custom one), float32, batch 1,
-``--past`` positions already cached. Each piece (the matrix products, the
-biases, the layer norms, GELU, the attention over the cache, the head,
-sampling, ...) runs on arrays of the step's real shapes, repeated until
-its time is steady, and is multiplied by how often a step does it; the
-step itself is ``model.forward`` on one new id plus choosing the token,
-what ``generate`` does per token. What the pieces do not explain is the
-per-call Python of the forward pass. Medians of ``--repeats`` rounds.
+``--past`` positions already cached; medians of ``--repeats`` rounds.
+
+1. Inside real steps: ``gpt2.gpt2`` on one new id with the cache (the
+   reference, and what generating ran per token before #31) and
+   ``DecodeStep`` (what it runs now, fastpath/decode_step.py), each step
+   timed whole and each of its weight products timed where it runs; the
+   rest is everything else a step does (the two alternate within a round).
+2. Piece by piece: each piece of the reference's step (the matrix products,
+   the biases, the layer norms, GELU, the attention over the cache, the
+   head, sampling, ...) on arrays of the step's real shapes, repeated
+   until its time is steady, times how often a step does it; beside the
+   step itself (``gpt2`` plus the finite check and the greedy choice).
+   A piece repeated runs with the caches warm; inside a step, each product
+   streams megabytes of weights through them, so what the pieces do not
+   explain is mostly the same calls run cold.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import statistics
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from tiny import tiny_tensors  # noqa: E402
 
 from picogpt2 import gpt2  # noqa: E402
+from picogpt2.fastpath import decode_step  # noqa: E402
 from picogpt2.hparams import SIZES, HParams  # noqa: E402
 from picogpt2.sampling import SplitMix64, sample  # noqa: E402
 from picogpt2.state import KVCache  # noqa: E402
@@ -48,7 +56,7 @@ def per_call(fn: Callable[[], object], seconds: float = 0.2) -> float:
     return (time.perf_counter() - start) / n
 
 
-def new_cache(h: HParams, past: int) -> list[KVCache]:
+def new_cache(h: HParams, past: int) -> KVCache:
     """One block's cache holding ``past`` positions (zeros)."""
     cache = KVCache(1, h.n_head, past + 64, h.head_dim, like=np.zeros(1, np.float32))
     zeros = np.zeros((1, h.n_head, past, h.head_dim), np.float32)
@@ -68,6 +76,7 @@ def pieces(params: dict, h: HParams, past: int) -> dict[str, tuple[Callable[[], 
     matrices = [(b[part][name], x4 if (part, name) == ("mlp", "c_proj") else x)
                 for b in params["blocks"] for part, name in kinds]  # fmt: skip
     cache = new_cache(h, past)
+    cache.k[:, :, past] = cache.v[:, :, past] = 0  # the new position's slot, read below
     q = rng.standard_normal((1, h.n_head, 1, h.head_dim)).astype(np.float32)
     k, v = cache.k[:, :, : past + 1], cache.v[:, :, : past + 1]
     qkv = rng.standard_normal((1, 1, 3 * e)).astype(np.float32)
@@ -114,6 +123,75 @@ def pieces(params: dict, h: HParams, past: int) -> dict[str, tuple[Callable[[], 
     }  # fmt: skip
 
 
+class ProductClock:
+    """Times every product with a weight matrix inside real steps: it wraps
+    ``gpt2.matmul`` (the reference's products) and the ``np.matmul`` that
+    ``decode_step`` sees (a namespace with NumPy's names, one replaced),
+    and puts both back when done."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+        real_matmul, real_np = gpt2.matmul, np
+
+        def spec_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+            start = time.perf_counter_ns()
+            out = real_matmul(x, w)
+            self.ns += time.perf_counter_ns() - start
+            return out
+
+        def fast_matmul(a: np.ndarray, b: np.ndarray, *out: np.ndarray) -> np.ndarray:
+            if b.ndim != 2:  # the attention's products are not the weights'
+                return real_np.matmul(a, b, *out)
+            start = time.perf_counter_ns()
+            result = real_np.matmul(a, b, *out)
+            self.ns += time.perf_counter_ns() - start
+            return result
+
+        names = {k: getattr(np, k) for k in dir(np) if not k.startswith("__")}
+        timed_np = types.SimpleNamespace(**{**names, "matmul": fast_matmul})
+        self.patches = [(gpt2, "matmul", spec_matmul), (decode_step, "np", timed_np)]
+
+    def __enter__(self) -> ProductClock:
+        self.saved = [(module, name, getattr(module, name)) for module, name, _ in self.patches]
+        for module, name, value in self.patches:
+            setattr(module, name, value)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for module, name, value in self.saved:
+            setattr(module, name, value)
+
+
+def inside_steps(params: dict, h: HParams, past: int, repeats: int) -> dict[str, dict[str, float]]:
+    """ms per step for the reference's step and the decoder's: the whole
+    step, its weight products, and the rest; medians over rounds."""
+    steps = {
+        "gpt2 (the reference)": lambda ids, cache: gpt2.gpt2(
+            ids, **params, n_head=h.n_head, cache=cache, last_only=True),
+        "DecodeStep (generating)": decode_step.DecodeStep(params, h.n_head),
+    }  # fmt: skip
+    n_steps = 32
+    rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
+    with ProductClock() as clock:
+        for _ in range(repeats):
+            for name, step in steps.items():
+                cache = [new_cache(h, past - 1) for _ in range(h.n_layer)]
+                step(np.array([[5]]), cache)  # once, so that each round starts warm
+                clock.ns = 0
+                start = time.perf_counter_ns()
+                for i in range(n_steps):
+                    step(np.array([[i]]), cache)
+                total = time.perf_counter_ns() - start
+                rounds[name].append((total / n_steps / 1e6, clock.ns / n_steps / 1e6))
+    out = {}
+    for name, values in rounds.items():
+        whole = statistics.median(t for t, _ in values)
+        products = statistics.median(p for _, p in values)
+        rest = statistics.median(t - p for t, p in values)
+        out[name] = {"step": whole, "products": products, "rest": rest}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="124M")
@@ -129,6 +207,16 @@ def main() -> None:
                     n_layer=args.layers or h.n_layer)  # fmt: skip
     params = map_params(params_from_tensors(tiny_tensors(h.as_dict(), seed=0, scale=0.02), h),
                         lambda a: np.ascontiguousarray(a, np.float32))  # fmt: skip
+    print(
+        f"{h.n_layer} blocks, n_embd {h.n_embd}, {h.n_head} heads, vocabulary {h.n_vocab}; "
+        f"{args.past} positions cached; medians of {args.repeats} rounds, ms per step"
+    )
+    inside = inside_steps(params, h, args.past, args.repeats)
+    print(f"\n{'inside real steps':28} {'step':>8} {'products':>9} {'the rest':>9} {'of step':>8}")
+    for name, m in inside.items():
+        print(f"{name:28} {m['step']:8.3f} {m['products']:9.3f} {m['rest']:9.3f} "
+              f"{m['rest'] / m['step']:8.1%}")  # fmt: skip
+    print()
     parts = pieces(params, h, args.past)
     rng = SplitMix64(0)
 
@@ -150,15 +238,11 @@ def main() -> None:
     medians = {name: statistics.median(times) * 1e3 for name, times in rounds.items()}
     total = medians.pop("one decode step")
     floor = medians["matrix products (4 per block)"] + medians["the head, x @ wte.T"]
-    print(
-        f"{h.n_layer} blocks, n_embd {h.n_embd}, {h.n_head} heads, vocabulary {h.n_vocab}; "
-        f"{args.past} positions cached; medians of {args.repeats} rounds, ms per step"
-    )
-    print(f"{'piece':32} {'ms':>8} {'of step':>8}")
+    print(f"{'the reference, piece by piece':32} {'ms':>8} {'of step':>8}")
     for name, ms in medians.items():
         print(f"{name:32} {ms:8.3f} {ms / total:8.1%}")
     rest = total - sum(medians.values())
-    print(f"{'unexplained (Python per call)':32} {rest:8.3f} {rest / total:8.1%}")
+    print(f"{'unexplained (the calls run cold)':32} {rest:8.3f} {rest / total:8.1%}")
     print(f"{'one decode step':32} {total:8.3f} {1:8.1%}")
     print(
         f"the matrix products alone: {floor:.3f} ms, {floor / total:.0%} of the step "

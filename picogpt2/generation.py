@@ -27,7 +27,7 @@ The rules (``stream_many`` runs them):
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Protocol
@@ -231,6 +231,8 @@ class LanguageModel(Protocol):
 
     def new_cache(self, n_batch: int = 1, size: int | None = None) -> list[KVCache]: ...
 
+    def new_decoder(self) -> Callable[[np.ndarray, list[KVCache]], np.ndarray]: ...
+
 
 def stream_many(
     model: LanguageModel, ids: Sequence[int], n_tokens: int, n_samples: int, settings: Settings
@@ -286,9 +288,11 @@ def _decode(
 ) -> Iterator[tuple[int, int]]:
     """The decode loop: run the prompt once; then per step, every sample
     still going picks a token, stopped ones leave the batch, and the rest
-    take one more position (or slide their window)."""
+    take one more position (``model.forward`` for one position, in the
+    decoder's buffers) or slide their window."""
     n_ctx = model.hparams.n_ctx
     cache = model.new_cache(1, min(prompt.shape[1] + n_tokens, n_ctx))
+    decode = model.new_decoder()
     logits = model.forward(prompt, cache, last_only=True)[:, 0]  # [1, n_vocab]
     if len(samples) > 1:  # every sample continues the prompt's cache
         cache = [repeat(layer, len(samples)) for layer in cache]
@@ -306,10 +310,10 @@ def _decode(
         if cache[0].length == n_ctx:  # full: each sample goes on from its window
             ids = [window(s.sequence, n_ctx) for s in samples]
             cache = model.new_cache(len(samples), n_ctx)
+            logits = model.forward(model.backend.upload(ids, np.int64), cache, last_only=True)[:, 0]
         else:
             ids = [[s.sequence[-1]] for s in samples]
-        ids = model.backend.upload(ids, np.int64)  # [n_batch, n_seq]
-        logits = model.forward(ids, cache, last_only=True)[:, 0]
+            logits = decode(model.backend.upload(ids, np.int64), cache)  # [n_batch, n_vocab]
 
 
 def repeat(cache: KVCache, n_batch: int) -> KVCache:

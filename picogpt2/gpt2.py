@@ -32,6 +32,10 @@ nothing).
 Every operation goes through NumPy's functions, which hand CuPy arrays to
 CuPy (NEP 13/18 dispatch), so the same lines run on either backend. Scalars
 are Python floats so float32 stays float32 (NumPy 2's promotion rules).
+
+Generating runs this pass for the prompt; each token after it runs
+``fastpath/decode_step.py``, these operations for one new position written
+into buffers, equal to ``gpt2(..., last_only=True)`` bit for bit (tested).
 """
 
 from __future__ import annotations
@@ -45,12 +49,14 @@ from picogpt2.state import NO_TRACE, KVCache, Trace
 Params = dict  # the weight tree, keyed as in the checkpoint (weights/params.py builds it)
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_CUBIC = 0.044715  # the cubic term's coefficient in GELU's tanh approximation
+LAYER_NORM_EPS = 1e-5
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """GPT-2's tanh approximation of GELU. (x * x * x, not x**3: NumPy's
     general power is 35x slower and this runs on every MLP activation.)"""
-    return 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x))))
+    return 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * (x + GELU_CUBIC * (x * x * x))))
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -68,7 +74,9 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return z - top - np.log(np.sum(np.exp(z - top), axis=-1, keepdims=True))
 
 
-def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+def layer_norm(
+    x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = LAYER_NORM_EPS
+) -> np.ndarray:
     """[..., n_embd] -> [..., n_embd], normalised over the last axis with
     the biased variance, then scaled by ``g`` and shifted by ``b``."""
     centred = x - np.mean(x, axis=-1, keepdims=True)

@@ -5,7 +5,7 @@ rules are in ``generation.py``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import numpy as np
 from picogpt2 import generation
 from picogpt2.activations import ATTN_DEFAULT, BLOCK, EMBEDDINGS
 from picogpt2.encoder import Encoder, load_encoder
+from picogpt2.fastpath.decode_step import DecodeStep
 from picogpt2.generation import Settings, check_lengths
 from picogpt2.gpt2 import Params, gpt2
 from picogpt2.hparams import HParams
@@ -93,6 +94,15 @@ class GPT2:
         logits = gpt2(ids, **self.params, n_head=self.hparams.n_head, cache=cache, trace=trace,
                       last_only=last_only)  # fmt: skip
         return self._finite(logits)
+
+    def new_decoder(self) -> Callable[[np.ndarray, list[KVCache]], np.ndarray]:
+        """What one generation runs per token: each row's next id
+        [n_batch, 1] and the cache -> that position's logits [n_batch,
+        n_vocab], checked to be finite. ``forward`` with ``last_only``, bit
+        for bit, in buffers of its own (``fastpath/decode_step.py``): one
+        per generation."""
+        step = DecodeStep(self.params, self.hparams.n_head)
+        return lambda ids, cache: self._finite(step(ids, cache))
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits [len(ids), n_vocab] for every position of ``ids``."""

@@ -6,6 +6,7 @@ import pytest
 from tiny import make_tiny_model
 
 from picogpt2 import gpt2
+from picogpt2.fastpath.decode_step import DecodeStep
 from picogpt2.model import load_model
 from picogpt2.state import Trace
 from picogpt2.util.errors import WeightsError
@@ -125,22 +126,29 @@ def test_last_only_is_the_last_row(model):
 
 
 def test_the_spec_function_is_what_runs(model, monkeypatch):
-    # logits, trace and every decoding step go through gpt2.gpt2.
-    calls = []
-    original = gpt2.gpt2
+    # logits, trace and a generation's prompt go through gpt2.gpt2; each
+    # further token through the decoder, equal to it bit for bit
+    # (tests/test_decode_step.py).
+    calls, steps = [], []
+    original, original_step = gpt2.gpt2, DecodeStep.__call__
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("last_only", False))
         return original(*args, **kwargs)
 
+    def counting_step(self, ids, cache):
+        steps.append(ids.shape)
+        return original_step(self, ids, cache)
+
     monkeypatch.setattr(gpt2, "gpt2", counting)
     import picogpt2.model
 
     monkeypatch.setattr(picogpt2.model, "gpt2", counting)
+    monkeypatch.setattr(DecodeStep, "__call__", counting_step)
     model.logits(IDS)
     model.trace(IDS)
     model.generate(IDS, 4)
-    assert calls == [False, False, True, True, True, True]
+    assert calls == [False, False, True] and steps == [(1, 1)] * 3
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -161,7 +169,9 @@ def test_no_silent_upcast_in_any_intermediate(models, monkeypatch, dtype):
     import picogpt2.model
 
     monkeypatch.setattr(picogpt2.model, "gpt2", gpt2.gpt2)
-    list(model.stream(IDS[:5], 3))
+    cache = model.new_cache()
+    model.forward(model.upload_ids(IDS[:5]), cache)
+    model.forward(model.upload_ids(IDS[5:6]), cache, last_only=True)
     assert len(seen) > 50
     assert {d for _, d in seen} == {np.dtype(dtype)}, sorted(set(seen))
 

@@ -77,7 +77,7 @@ def test_no_import_cycles():
 TOP_LEVEL = {"__init__.py", "gpt2.py", "state.py", "sampling.py", "generation.py", "encoder.py",
              "model.py", "hparams.py", "activations.py", "generate.py", "download.py", "dump.py",
              "score.py", "compare.py", "tokens.py", "export.py", "fixture.py"}  # fmt: skip
-FOLDERS = {"weights", "oracle", "scoring", "util", "cli"}
+FOLDERS = {"weights", "oracle", "scoring", "util", "cli", "fastpath"}
 
 
 def test_the_top_level_is_the_reading_path_and_the_commands():

@@ -70,7 +70,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from picogpt2.activations import Weights, heads, merged, third_weights
-from picogpt2.gpt2 import SQRT_2_OVER_PI
+from picogpt2.gpt2 import GELU_CUBIC, LAYER_NORM_EPS, SQRT_2_OVER_PI
 
 LAMBDA = 8.0  # Hoeffding: an element's bound fails with probability 2 exp(-LAMBDA^2 / 2)
 FUNCTION = 8.0  # exp, tanh: within 8 u of the exact value (4 ulp)
@@ -261,7 +261,7 @@ def weighted_sum(
 
 
 def layer_norm(
-    u: float, x: np.ndarray, ex: Error, g: np.ndarray, out: np.ndarray, eps: float = 1e-5
+    u: float, x: np.ndarray, ex: Error, g: np.ndarray, out: np.ndarray, eps: float = LAYER_NORM_EPS
 ) -> Bound:
     """Layer norm over the last axis (n_embd): the mean and the variance
     are sums of n_embd terms (the variance's bound is of the mean of x^2,
@@ -297,20 +297,19 @@ def layer_norm(
     return Bound(local(n - 1), local(math.sqrt(n - 1))) + Bound(worst, scale)
 
 
-CUBIC = 0.044715  # GELU's, as in gpt2.gelu
-
-
 def gelu(u: float, x: np.ndarray, ex: Error, out: np.ndarray) -> Bound:
     """0.5 x (1 + tanh(z)), z = sqrt(2/pi) (x + 0.044715 x^3): z rounds
     about four times, tanh adds ``FUNCTION u`` of itself and carries z's
     error by its slope 1 - t^2, 1 + t rounds once, the products twice."""
-    inner = x + CUBIC * x * x * x
+    inner = x + GELU_CUBIC * x * x * x
     t = np.tanh(SQRT_2_OVER_PI * inner)
     slope = 1 - t * t
-    e_z = 4 * u * SQRT_2_OVER_PI * (np.abs(x) + CUBIC * np.abs(x) ** 3)
+    e_z = 4 * u * SQRT_2_OVER_PI * (np.abs(x) + GELU_CUBIC * np.abs(x) ** 3)
     e_one_plus_t = slope * e_z + FUNCTION * u * np.abs(t) + u * np.abs(1 + t)
     local = exactly(0.5 * np.abs(x) * e_one_plus_t + 2 * u * np.abs(out))
-    derivative = np.abs(0.5 * (1 + t) + 0.5 * x * slope * SQRT_2_OVER_PI * (1 + 3 * CUBIC * x * x))
+    derivative = np.abs(
+        0.5 * (1 + t) + 0.5 * x * slope * SQRT_2_OVER_PI * (1 + 3 * GELU_CUBIC * x * x)
+    )
     return local + known(u, x, ex).map(lambda a: derivative * a)
 
 

@@ -64,6 +64,13 @@ class StrictArray(NDArrayOperatorsMixin):
     def astype(self, dtype):
         return wrap(self.array.astype(dtype))
 
+    # CuPy's arrays have these methods too (the decoder calls them).
+    def swapaxes(self, a, b):
+        return wrap(self.array.swapaxes(a, b))
+
+    def max(self, axis=None, keepdims=False):
+        return wrap(self.array.max(axis=axis, keepdims=keepdims))
+
     shape = property(lambda self: self.array.shape)
     dtype = property(lambda self: self.array.dtype)
     ndim = property(lambda self: self.array.ndim)
@@ -150,6 +157,8 @@ def test_every_call_exists_in_cupy_with_those_arguments(pair):
         "repeat",
     } <= StrictArray.called.keys()
     for name, calls in StrictArray.called.items():
+        if "." in name:  # a ufunc's method: CuPy's reduce takes add and multiply alone
+            assert name.split(".")[1] != "reduce" or name in ("add.reduce", "multiply.reduce")
         function = getattr(cupy, name.split(".")[0], None)
         assert function is not None, f"cupy.{name} does not exist in CuPy {cupy.__version__}"
         try:
