@@ -15,12 +15,13 @@ allocating its result, many through Python wrappers (``np.mean``,
 ``np.split``, the causal mask); every product evicts the interpreter's
 and NumPy's code and data from the caches, so each call costs several
 microseconds, and together they took a sixth of a step
-(``benchmarks/profile_decode.py``). Here a block is 52 ufunc calls, each
-writing into arrays allocated once per generation and batch size; the
-weights are unpacked once; the mask is skipped, because the one new
-position sees every key; and a ufunc's output is passed as its last
-positional argument (``np.add(a, b, out)``), which NumPy parses faster
-than ``out=``. Prefill, scoring, traces and dumps run ``gpt2`` itself.
+(``benchmarks/profile_decode.py``). Here a block is 43 element-wise calls
+and reductions besides its 6 products, each writing into arrays allocated
+once per generation and batch size; the weights are unpacked once; the
+mask is skipped, because the one new position sees every key; and a
+ufunc's output is passed as its last positional argument
+(``np.add(a, b, out)``), which NumPy parses faster than ``out=``.
+Prefill, scoring, traces and dumps run ``gpt2`` itself.
 
 A ``DecodeStep`` holds buffers: one per generation, never shared between
 threads.
