@@ -14,10 +14,10 @@ picogpt2's import + load + first logits and its peak RSS while generating.
 "matmuls only" runs just the matrix products of our forward pass (every
 weight matrix, then the head for the last position) with NumPy's BLAS: the
 least time our forward pass could take on that BLAS, the floor. "of floor"
-is a rate's share of the floor's rate in the same rounds (decode tokens/s,
-prefill 1/ms). Decoding is bound by reading every weight once per token,
-prefill by the GEMMs. The default sizes are 124M and 355M (24 blocks, 1024
-wide).
+is the median over rounds of a rate's share of the floor's rate in the
+same round (decode tokens/s, prefill 1/ms). Decoding is bound by reading
+every weight once per token, prefill by the GEMMs. The default sizes are
+124M and 355M (24 blocks, 1024 wide).
 
 With --backend cupy, picogpt2 runs on the GPU and transformers on CUDA (the
 matmuls-only row is for NumPy only).
@@ -182,16 +182,27 @@ def implementations(models_dir: Path, name: str, backend: str) -> dict[str, obje
 
 
 def median_rounds(impls: dict[str, object], repeats: int) -> dict[str, dict[str, float]]:
-    """Every implementation once per round, ``repeats`` rounds; the medians."""
+    """Every implementation once per round, ``repeats`` rounds; the medians,
+    and each one's share of the floor: the median over rounds of its rate
+    over the floor's rate in the same round (rates drift between rounds on
+    a shared machine; within one they are seconds apart)."""
     for impl in impls.values():
         impl.generate(list(range(PROMPT)), 4)  # warm up
     rounds: dict[str, list[dict[str, float]]] = {key: [] for key in impls}
     for _ in range(repeats):
         for key, impl in impls.items():
             rounds[key].append(measure_round(impl))
-    return {
+    medians = {
         key: {f: statistics.median(r[f] for r in rs) for f in rs[0]} for key, rs in rounds.items()
     }
+    if "matmuls only" in rounds:
+        for key, rs in rounds.items():
+            pairs = list(zip(rs, rounds["matmuls only"], strict=True))
+            decode = [r["decode_tps"] / f["decode_tps"] for r, f in pairs]
+            prefill = [f["prefill_ms"] / r["prefill_ms"] for r, f in pairs]
+            medians[key]["decode_floor"] = statistics.median(decode)
+            medians[key]["prefill_floor"] = statistics.median(prefill)
+    return medians
 
 
 def bench_size(models_dir: Path, size: str, backend: str, repeats: int) -> None:
@@ -203,8 +214,8 @@ def bench_size(models_dir: Path, size: str, backend: str, repeats: int) -> None:
         if key not in medians:
             continue
         m = medians[key]
-        d_floor = f"{m['decode_tps'] / floor['decode_tps']:.0%}" if floor else "-"
-        p_floor = f"{floor['prefill_ms'] / m['prefill_ms']:.0%}" if floor else "-"
+        d_floor = f"{m['decode_floor']:.0%}" if floor else "-"
+        p_floor = f"{m['prefill_floor']:.0%}" if floor else "-"
         d_ratio = f"{m['decode_tps'] / ref['decode_tps']:.2f}" if ref else "-"
         p_ratio = f"{m['prefill_ms'] / ref['prefill_ms']:.2f}" if ref else "-"
         extra = f"{load_s:7.2f} {rss_gb:7.2f}" if key == "picogpt2" else ""

@@ -192,6 +192,75 @@ def inside_steps(params: dict, h: HParams, past: int, repeats: int) -> dict[str,
     return out
 
 
+class _Timed:
+    """A NumPy function (or ufunc, with its ``reduce``) that adds its time
+    and its calls to ``clock[kind]``."""
+
+    def __init__(self, fn: Callable, name: str, clock: dict[str, list[int]]) -> None:
+        self.fn, self.name, self.clock = fn, name, clock
+        if hasattr(fn, "reduce"):
+            self.reduce = _Timed(fn.reduce, f"{name}.reduce", clock)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        kind = self.name
+        if kind == "matmul":  # the weights are 2-D; the attention's operands 4-D
+            kind = "weight products" if args[1].ndim == 2 else "attention products"
+        start = time.perf_counter_ns()
+        out = self.fn(*args, **kwargs)
+        entry = self.clock.setdefault(kind, [0, 0])
+        entry[0] += time.perf_counter_ns() - start
+        entry[1] += 1
+        return out
+
+
+def decoder_by_call(params: dict, h: HParams, past: int, repeats: int) -> dict[str, list[float]]:
+    """``DecodeStep`` inside real steps, by the NumPy function it calls:
+    kind -> [ms per step, calls per step], medians over rounds; "the rest"
+    is what no NumPy function took (the cache's extend, the arrays'
+    methods, the Python between). The timers add about half a microsecond
+    to each call."""
+    clock: dict[str, list[int]] = {}
+    used = ("add", "subtract", "multiply", "divide", "sqrt", "tanh", "exp", "matmul")
+    names = {k: getattr(np, k) for k in dir(np) if not k.startswith("__")}
+    timed = types.SimpleNamespace(**{**names, **{k: _Timed(names[k], k, clock) for k in used}})
+    step, n_steps = decode_step.DecodeStep(params, h.n_head), 32
+    rounds: list[dict[str, list[float]]] = []
+    saved, decode_step.np = decode_step.np, timed
+    try:
+        for _ in range(repeats):
+            cache = [new_cache(h, past - 1) for _ in range(h.n_layer)]
+            step(np.array([[5]]), cache)
+            clock.clear()
+            start = time.perf_counter_ns()
+            for i in range(n_steps):
+                step(np.array([[i]]), cache)
+            total = (time.perf_counter_ns() - start) / n_steps / 1e6
+            kinds = {k: [ns / n_steps / 1e6, calls / n_steps] for k, (ns, calls) in clock.items()}
+            kinds["the rest"] = [total - sum(ms for ms, _ in kinds.values()), 0]
+            kinds["one step"] = [total, 0]
+            rounds.append(kinds)
+    finally:
+        decode_step.np = saved
+    out = {k: [statistics.median(r[k][0] for r in rounds), rounds[0][k][1]] for k in rounds[0]}
+    return dict(sorted(out.items(), key=lambda kv: -kv[1][0]))
+
+
+def report_inside(params: dict, h: HParams, past: int, repeats: int) -> None:
+    """The two tables measured inside real steps."""
+    inside = inside_steps(params, h, past, repeats)
+    print(f"\n{'inside real steps':28} {'step':>8} {'products':>9} {'the rest':>9} {'of step':>8}")
+    for name, m in inside.items():
+        print(f"{name:28} {m['step']:8.3f} {m['products']:9.3f} {m['rest']:9.3f} "
+              f"{m['rest'] / m['step']:8.1%}")  # fmt: skip
+    by_call = decoder_by_call(params, h, past, repeats)
+    step_ms = by_call.pop("one step")[0]
+    print(f"\n{'DecodeStep inside real steps':28} {'ms':>8} {'calls':>9} {'of step':>8}")
+    for kind, (ms, calls) in by_call.items():
+        print(f"{kind:28} {ms:8.3f} {calls:9.0f} {ms / step_ms:8.1%}")
+    print(f"{'one step (timers included)':28} {step_ms:8.3f}")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="124M")
@@ -211,12 +280,7 @@ def main() -> None:
         f"{h.n_layer} blocks, n_embd {h.n_embd}, {h.n_head} heads, vocabulary {h.n_vocab}; "
         f"{args.past} positions cached; medians of {args.repeats} rounds, ms per step"
     )
-    inside = inside_steps(params, h, args.past, args.repeats)
-    print(f"\n{'inside real steps':28} {'step':>8} {'products':>9} {'the rest':>9} {'of step':>8}")
-    for name, m in inside.items():
-        print(f"{name:28} {m['step']:8.3f} {m['products']:9.3f} {m['rest']:9.3f} "
-              f"{m['rest'] / m['step']:8.1%}")  # fmt: skip
-    print()
+    report_inside(params, h, args.past, args.repeats)
     parts = pieces(params, h, args.past)
     rng = SplitMix64(0)
 
