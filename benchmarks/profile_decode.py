@@ -27,7 +27,8 @@ import statistics
 import sys
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -123,43 +124,58 @@ def pieces(params: dict, h: HParams, past: int) -> dict[str, tuple[Callable[[], 
     }  # fmt: skip
 
 
-class ProductClock:
-    """Times every product with a weight matrix inside real steps: it wraps
-    ``gpt2.matmul`` (the reference's products) and the ``np.matmul`` that
-    ``decode_step`` sees (a namespace with NumPy's names, one replaced),
-    and puts both back when done."""
+class _Timed:
+    """A function (or ufunc, with its ``reduce``) that adds its time and
+    its calls to ``clock[kind]``; a product is a weight product when its
+    second operand is 2-D, an attention product otherwise (4-D)."""
 
-    def __init__(self) -> None:
-        self.ns = 0
-        real_matmul, real_np = gpt2.matmul, np
+    def __init__(self, fn: Callable, name: str, clock: dict[str, list[int]]) -> None:
+        self.fn, self.name, self.clock = fn, name, clock
+        if hasattr(fn, "reduce"):
+            self.reduce = _Timed(fn.reduce, f"{name}.reduce", clock)
 
-        def spec_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-            start = time.perf_counter_ns()
-            out = real_matmul(x, w)
-            self.ns += time.perf_counter_ns() - start
-            return out
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        kind = self.name
+        if kind == "matmul":
+            kind = "weight products" if args[1].ndim == 2 else "attention products"
+        start = time.perf_counter_ns()
+        out = self.fn(*args, **kwargs)
+        entry = self.clock.setdefault(kind, [0, 0])
+        entry[0] += time.perf_counter_ns() - start
+        entry[1] += 1
+        return out
 
-        def fast_matmul(a: np.ndarray, b: np.ndarray, *out: np.ndarray) -> np.ndarray:
-            if b.ndim != 2:  # the attention's products are not the weights'
-                return real_np.matmul(a, b, *out)
-            start = time.perf_counter_ns()
-            result = real_np.matmul(a, b, *out)
-            self.ns += time.perf_counter_ns() - start
-            return result
 
-        names = {k: getattr(np, k) for k in dir(np) if not k.startswith("__")}
-        timed_np = types.SimpleNamespace(**{**names, "matmul": fast_matmul})
-        self.patches = [(gpt2, "matmul", spec_matmul), (decode_step, "np", timed_np)]
+N_STEPS = 32  # steps timed per round, inside real steps
 
-    def __enter__(self) -> ProductClock:
-        self.saved = [(module, name, getattr(module, name)) for module, name, _ in self.patches]
-        for module, name, value in self.patches:
-            setattr(module, name, value)
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        for module, name, value in self.saved:
-            setattr(module, name, value)
+@contextmanager
+def clocked(kinds: tuple[str, ...]) -> Iterator[dict[str, list[int]]]:
+    """Times ``gpt2.matmul`` (the reference's products) and the NumPy
+    functions ``kinds`` as ``decode_step`` sees them (its ``np`` replaced by
+    a namespace of NumPy's names, those timed) into the clock it yields:
+    kind -> [ns, calls]. Both are put back on the way out."""
+    clock: dict[str, list[int]] = {}
+    names = {k: getattr(np, k) for k in dir(np) if not k.startswith("__")}
+    timed_np = types.SimpleNamespace(**{**names, **{k: _Timed(names[k], k, clock) for k in kinds}})
+    saved = gpt2.matmul, decode_step.np
+    gpt2.matmul, decode_step.np = _Timed(gpt2.matmul, "matmul", clock), timed_np
+    try:
+        yield clock
+    finally:
+        gpt2.matmul, decode_step.np = saved
+
+
+def run_steps(step: Callable, h: HParams, past: int, clock: dict[str, list[int]]) -> float:
+    """ms per step over ``N_STEPS`` steps after ``past`` cached positions,
+    the clock counting them alone."""
+    cache = [new_cache(h, past - 1) for _ in range(h.n_layer)]
+    step(np.array([[5]]), cache)  # once, so that each round starts warm
+    clock.clear()
+    start = time.perf_counter_ns()
+    for i in range(N_STEPS):
+        step(np.array([[i]]), cache)
+    return (time.perf_counter_ns() - start) / N_STEPS / 1e6
 
 
 def inside_steps(params: dict, h: HParams, past: int, repeats: int) -> dict[str, dict[str, float]]:
@@ -170,19 +186,13 @@ def inside_steps(params: dict, h: HParams, past: int, repeats: int) -> dict[str,
             ids, **params, n_head=h.n_head, cache=cache, last_only=True),
         "DecodeStep (generating)": decode_step.DecodeStep(params, h.n_head),
     }  # fmt: skip
-    n_steps = 32
     rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
-    with ProductClock() as clock:
+    with clocked(("matmul",)) as clock:
         for _ in range(repeats):
             for name, step in steps.items():
-                cache = [new_cache(h, past - 1) for _ in range(h.n_layer)]
-                step(np.array([[5]]), cache)  # once, so that each round starts warm
-                clock.ns = 0
-                start = time.perf_counter_ns()
-                for i in range(n_steps):
-                    step(np.array([[i]]), cache)
-                total = time.perf_counter_ns() - start
-                rounds[name].append((total / n_steps / 1e6, clock.ns / n_steps / 1e6))
+                total = run_steps(step, h, past, clock)
+                products = clock["weight products"][0] / N_STEPS / 1e6
+                rounds[name].append((total, products))
     out = {}
     for name, values in rounds.items():
         whole = statistics.median(t for t, _ in values)
@@ -192,55 +202,22 @@ def inside_steps(params: dict, h: HParams, past: int, repeats: int) -> dict[str,
     return out
 
 
-class _Timed:
-    """A NumPy function (or ufunc, with its ``reduce``) that adds its time
-    and its calls to ``clock[kind]``."""
-
-    def __init__(self, fn: Callable, name: str, clock: dict[str, list[int]]) -> None:
-        self.fn, self.name, self.clock = fn, name, clock
-        if hasattr(fn, "reduce"):
-            self.reduce = _Timed(fn.reduce, f"{name}.reduce", clock)
-
-    def __call__(self, *args: object, **kwargs: object) -> object:
-        kind = self.name
-        if kind == "matmul":  # the weights are 2-D; the attention's operands 4-D
-            kind = "weight products" if args[1].ndim == 2 else "attention products"
-        start = time.perf_counter_ns()
-        out = self.fn(*args, **kwargs)
-        entry = self.clock.setdefault(kind, [0, 0])
-        entry[0] += time.perf_counter_ns() - start
-        entry[1] += 1
-        return out
-
-
 def decoder_by_call(params: dict, h: HParams, past: int, repeats: int) -> dict[str, list[float]]:
     """``DecodeStep`` inside real steps, by the NumPy function it calls:
     kind -> [ms per step, calls per step], medians over rounds; "the rest"
     is what no NumPy function took (the cache's extend, the arrays'
     methods, the Python between). The timers add about half a microsecond
     to each call."""
-    clock: dict[str, list[int]] = {}
     used = ("add", "subtract", "multiply", "divide", "sqrt", "tanh", "exp", "matmul")
-    names = {k: getattr(np, k) for k in dir(np) if not k.startswith("__")}
-    timed = types.SimpleNamespace(**{**names, **{k: _Timed(names[k], k, clock) for k in used}})
-    step, n_steps = decode_step.DecodeStep(params, h.n_head), 32
+    step = decode_step.DecodeStep(params, h.n_head)
     rounds: list[dict[str, list[float]]] = []
-    saved, decode_step.np = decode_step.np, timed
-    try:
+    with clocked(used) as clock:
         for _ in range(repeats):
-            cache = [new_cache(h, past - 1) for _ in range(h.n_layer)]
-            step(np.array([[5]]), cache)
-            clock.clear()
-            start = time.perf_counter_ns()
-            for i in range(n_steps):
-                step(np.array([[i]]), cache)
-            total = (time.perf_counter_ns() - start) / n_steps / 1e6
-            kinds = {k: [ns / n_steps / 1e6, calls / n_steps] for k, (ns, calls) in clock.items()}
+            total = run_steps(step, h, past, clock)
+            kinds = {k: [ns / N_STEPS / 1e6, calls / N_STEPS] for k, (ns, calls) in clock.items()}
             kinds["the rest"] = [total - sum(ms for ms, _ in kinds.values()), 0]
             kinds["one step"] = [total, 0]
             rounds.append(kinds)
-    finally:
-        decode_step.np = saved
     out = {k: [statistics.median(r[k][0] for r in rounds), rounds[0][k][1]] for k in rounds[0]}
     return dict(sorted(out.items(), key=lambda kv: -kv[1][0]))
 

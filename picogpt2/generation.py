@@ -225,10 +225,6 @@ class LanguageModel(Protocol):
 
     def upload_ids(self, ids: Sequence[int]) -> np.ndarray: ...
 
-    def forward(
-        self, ids: np.ndarray, cache: list[KVCache] | None = None, *, last_only: bool = False
-    ) -> np.ndarray: ...
-
     def new_cache(self, n_batch: int = 1, size: int | None = None) -> list[KVCache]: ...
 
     def new_decoder(self) -> Callable[[np.ndarray, list[KVCache]], np.ndarray]: ...
@@ -288,12 +284,11 @@ def _decode(
 ) -> Iterator[tuple[int, int]]:
     """The decode loop: run the prompt once; then per step, every sample
     still going picks a token, stopped ones leave the batch, and the rest
-    take one more position (``model.forward`` for one position, in the
-    decoder's buffers) or slide their window."""
+    take one more position (or slide their window)."""
     n_ctx = model.hparams.n_ctx
     cache = model.new_cache(1, min(prompt.shape[1] + n_tokens, n_ctx))
-    decode = model.new_decoder()
-    logits = model.forward(prompt, cache, last_only=True)[:, 0]  # [1, n_vocab]
+    decode = model.new_decoder()  # the last position's logits, the cache extended
+    logits = decode(prompt, cache)  # [1, n_vocab]
     if len(samples) > 1:  # every sample continues the prompt's cache
         cache = [repeat(layer, len(samples)) for layer in cache]
         logits = np.repeat(logits, len(samples), axis=0)  # [n_batch, n_vocab]
@@ -310,10 +305,9 @@ def _decode(
         if cache[0].length == n_ctx:  # full: each sample goes on from its window
             ids = [window(s.sequence, n_ctx) for s in samples]
             cache = model.new_cache(len(samples), n_ctx)
-            logits = model.forward(model.backend.upload(ids, np.int64), cache, last_only=True)[:, 0]
         else:
             ids = [[s.sequence[-1]] for s in samples]
-            logits = decode(model.backend.upload(ids, np.int64), cache)  # [n_batch, n_vocab]
+        logits = decode(model.backend.upload(ids, np.int64), cache)  # [n_batch, n_vocab]
 
 
 def repeat(cache: KVCache, n_batch: int) -> KVCache:

@@ -33,9 +33,10 @@ Every operation goes through NumPy's functions, which hand CuPy arrays to
 CuPy (NEP 13/18 dispatch), so the same lines run on either backend. Scalars
 are Python floats so float32 stays float32 (NumPy 2's promotion rules).
 
-Generating runs this pass for the prompt; each token after it runs
-``fastpath/decode_step.py``, these operations for one new position written
-into buffers, equal to ``gpt2(..., last_only=True)`` bit for bit (tested).
+Generating runs this pass for a prompt of several tokens; one new position
+(each token after it) runs ``fastpath/decode_step.py``, these operations
+written into buffers, equal to ``gpt2(..., last_only=True)`` bit for bit
+(tested).
 """
 
 from __future__ import annotations

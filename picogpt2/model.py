@@ -96,13 +96,20 @@ class GPT2:
         return self._finite(logits)
 
     def new_decoder(self) -> Callable[[np.ndarray, list[KVCache]], np.ndarray]:
-        """What one generation runs per token: each row's next id
-        [n_batch, 1] and the cache -> that position's logits [n_batch,
-        n_vocab], checked to be finite. ``forward`` with ``last_only``, bit
-        for bit, in buffers of its own (``fastpath/decode_step.py``): one
-        per generation."""
+        """What one generation runs for its prompt and each token after:
+        ids [n_batch, n_seq] continuing the cache -> the last position's
+        logits [n_batch, n_vocab], checked to be finite: ``forward`` with
+        ``last_only``, bit for bit. One new position runs in buffers of the
+        decoder's own (``fastpath/decode_step.py``), so it is one per
+        generation; several run ``forward``."""
         step = DecodeStep(self.params, self.hparams.n_head)
-        return lambda ids, cache: self._finite(step(ids, cache))
+
+        def decode(ids: np.ndarray, cache: list[KVCache]) -> np.ndarray:
+            if ids.shape[1] > 1:
+                return self.forward(ids, cache, last_only=True)[:, 0]
+            return self._finite(step(ids, cache))
+
+        return decode
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits [len(ids), n_vocab] for every position of ``ids``."""

@@ -77,6 +77,18 @@ def test_a_batch_that_shrinks_keeps_equal():
         assert_same_caches(ours, spec)
 
 
+def test_a_first_position_equals_gpt2():
+    # A one-token prompt (the empty prompt's <|endoftext|>) runs the decoder
+    # on an empty cache.
+    h = SHAPES["4 heads of 8"]
+    p = params(h, "float32")
+    ours, spec = caches(h, 2, p["wte"]), caches(h, 2, p["wte"])
+    ids = np.array([[96], [3]])
+    expected = gpt2.gpt2(ids, **p, n_head=h.n_head, cache=spec, last_only=True)[:, 0]
+    np.testing.assert_array_equal(DecodeStep(p, h.n_head)(ids, ours), expected)
+    assert_same_caches(ours, spec)
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
