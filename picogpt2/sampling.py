@@ -143,16 +143,18 @@ def sample(
     repetition_penalty: float | None = None,
     seen: np.ndarray | None = None,
 ) -> int:
-    """The next token id from ``logits`` [n_vocab], by the rules above.
-    ``seen`` [n_vocab], True at the ids so far, is needed with a repetition
-    penalty."""
-    z = logits.astype(np.float64)  # step 1
+    """The next token id from float ``logits`` [n_vocab], by the rules
+    above. ``seen`` [n_vocab], True at the ids so far, is needed with a
+    repetition penalty."""
+    # Step 1 converts exactly and keeps every comparison, so steps 3 to 5 may
+    # compare the logits as they come; only the kept tokens are converted.
+    z = logits
     if repetition_penalty is not None and repetition_penalty != 1 and seen is not None:
-        z = penalize(z, seen, repetition_penalty)  # step 2
+        z = penalize(logits.astype(np.float64), seen, repetition_penalty)  # steps 1 and 2
     if is_greedy(temperature, top_k, top_p):  # step 3
         return int(np.argmax(z))
     order = sorted_candidates(z, top_k)  # steps 4 and 5
-    z = z[order]
+    z = z[order].astype(np.float64)  # step 1, for the kept tokens
     with np.errstate(over="ignore"):  # a tiny temperature sends the gaps to -inf: exp gives 0
         cdf = np.cumsum(np.exp((z - z[0]) / (1.0 if temperature is None else temperature)))  # 6
     if top_p is not None and top_p < 1:  # step 7

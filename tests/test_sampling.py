@@ -121,3 +121,37 @@ def test_worked_example_in_readme():
     logits = np.array([2.0, 1.0, 0.5, 3.0, -1.0], np.float32)
     rng = SplitMix64(1234)
     assert [sample(logits, rng, temperature=2.0, top_k=3) for _ in range(3)] == [0, 0, 3]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"top_k": 1}, {"top_k": 5}, {"top_k": 40}, {"temperature": 0.7},
+     {"top_p": 0.9}, {"top_k": 40, "top_p": 0.5, "temperature": 1.3},
+     {"top_k": 40, "repetition_penalty": 1.3}],
+)  # fmt: skip
+def test_float32_logits_choose_as_their_float64_values(settings):
+    # The code compares float32 logits as they come and converts the kept
+    # ones only: the same tokens as converting them all first (step 1).
+    # Quantised values make ties, at the top and at top-k's boundary.
+    rng = np.random.default_rng(5)
+    seen = rng.random(1000) < 0.1
+    for seed in range(40):
+        logits = (np.round(rng.standard_normal(1000) * 8) / 4).astype(np.float32)
+        as_32 = sample(logits, SplitMix64(seed), seen=seen, **settings)
+        as_64 = sample(logits.astype(np.float64), SplitMix64(seed), seen=seen, **settings)
+        assert as_32 == as_64
+
+
+def test_the_draw_is_made_in_float64():
+    # Two tokens 0.1 apart: token 1 is drawn iff u * cdf[1] >= cdf[0]. The
+    # two adjacent float64 values of u around that boundary round to the
+    # same float32, so a draw made in float32 cannot tell them apart.
+    logits = np.array([0.0, -0.1], dtype=np.float32)
+    cdf = np.cumsum(np.exp(logits.astype(np.float64) / 1.0))  # steps 1 and 6, as the rules say
+    u = 1 / cdf[1]
+    while u * cdf[1] < cdf[0]:
+        u = np.nextafter(u, 1.0)
+    while np.nextafter(u, 0.0) * cdf[1] >= cdf[0]:
+        u = np.nextafter(u, 0.0)
+    assert sample(logits, fixed_rng(float(u)), temperature=1.0) == 1
+    assert sample(logits, fixed_rng(float(np.nextafter(u, 0.0))), temperature=1.0) == 0
