@@ -19,14 +19,22 @@ same round (decode tokens/s, prefill 1/ms). Decoding is bound by reading
 every weight once per token, prefill by the GEMMs. The default sizes are
 124M and 355M (24 blocks, 1024 wide).
 
+"as stored" is picogpt2 generating from the weights as the checkpoint lays
+them out, not as generating holds them (picogpt2/weights/layout.py): what
+that layout gains, in the same run. "llama.cpp F32", where llama-cpp-python
+is installed, is llama.cpp on the
+same weights exported to GGUF F32, on every core: its own matrix kernels,
+not this BLAS, so its share of the floor can pass 100%.
+
 With --backend cupy, picogpt2 runs on the GPU and transformers on CUDA (the
-matmuls-only row is for NumPy only).
+matmuls-only and llama.cpp rows are for NumPy only).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -105,11 +113,19 @@ class Ours:
         self.model.generate(ids, n)
 
 
+def as_stored(model):
+    """``model`` generating from its weights as the checkpoint lays them out
+    (before weights/layout.py): what the layout gains, in the same run."""
+    model.__dict__["decoding_params"] = model.params  # the cached property, set
+    return model
+
+
 class MatmulsOnly:
-    """The matrix products of our forward pass and nothing else."""
+    """The matrix products of our forward pass and nothing else, on the
+    weights as generating holds them (``decoding_params``)."""
 
     def __init__(self, model):
-        p = model.params
+        p = model.decoding_params
         self.matrices = [
             block[part][name]["w"]
             for block in p["blocks"]
@@ -155,6 +171,31 @@ class Transformers:
             self.torch.cuda.synchronize()
 
 
+class LlamaCpp:
+    """llama.cpp (llama-cpp-python) on the same weights, exported to GGUF
+    F32 by ``python -m picogpt2.export`` (written once beside the random
+    model): its own kernels on every core. Decoding feeds fixed ids (speed
+    does not depend on them) and reads no logits back."""
+
+    def __init__(self, models_dir: Path, name: str):
+        import llama_cpp
+
+        path = models_dir / f"{name}.gguf"
+        if not path.is_file():
+            subprocess.run([sys.executable, "-m", "picogpt2.export", name, "--models-dir",
+                            str(models_dir), "--to", "gguf", str(path)],
+                           cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+        self.llm = llama_cpp.Llama(str(path), n_ctx=N_PREFILL + N_DECODE + PROMPT,
+                                   n_batch=N_PREFILL, n_threads=os.cpu_count(),
+                                   verbose=False)  # fmt: skip
+
+    def generate(self, ids: list[int], n: int) -> None:
+        self.llm.reset()
+        self.llm.eval(ids)
+        for i in range(n - 1):
+            self.llm.eval([(ids[-1] + 1 + i) % 50000])
+
+
 def measure_round(impl) -> dict[str, float]:
     prompt, prefill_ids = list(range(PROMPT)), list(range(N_PREFILL))
     first = seconds(lambda: impl.generate(prompt, 1))
@@ -172,12 +213,18 @@ def implementations(models_dir: Path, name: str, backend: str) -> dict[str, obje
     impls = {"picogpt2": Ours(ours)}
     if backend == "numpy":
         impls["matmuls only"] = MatmulsOnly(ours)
+        impls["as stored"] = Ours(as_stored(picogpt2.load_model(name, models_dir, download=False)))
     try:
         # transformers takes its weights from NumPy arrays (memory-mapped: no copy).
         on_cpu = ours if backend == "numpy" else picogpt2.load_model(name, models_dir)
         impls["transformers"] = Transformers(on_cpu, "cuda" if backend == "cupy" else "cpu")
     except ImportError:
         print("(transformers or torch not installed: no reference)")
+    if backend == "numpy":
+        try:
+            impls["llama.cpp F32"] = LlamaCpp(models_dir, name)
+        except ImportError:
+            print("(llama-cpp-python not installed: no llama.cpp row)")
     return impls
 
 
@@ -210,7 +257,7 @@ def bench_size(models_dir: Path, size: str, backend: str, repeats: int) -> None:
     medians = median_rounds(implementations(models_dir, name, backend), repeats)
     load_s, rss_gb = fresh_process_figures(models_dir, name, backend)
     ref, floor = medians.get("transformers"), medians.get("matmuls only")
-    for key in ("transformers", "picogpt2", "matmuls only"):
+    for key in ("transformers", "picogpt2", "as stored", "matmuls only", "llama.cpp F32"):
         if key not in medians:
             continue
         m = medians[key]

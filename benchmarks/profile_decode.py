@@ -44,6 +44,7 @@ from picogpt2.fastpath import decode_step  # noqa: E402
 from picogpt2.hparams import SIZES, HParams  # noqa: E402
 from picogpt2.sampling import SplitMix64, sample  # noqa: E402
 from picogpt2.state import KVCache  # noqa: E402
+from picogpt2.weights.layout import stream_layout  # noqa: E402
 from picogpt2.weights.params import map_params, params_from_tensors  # noqa: E402
 
 
@@ -253,6 +254,7 @@ def main() -> None:
                     n_layer=args.layers or h.n_layer)  # fmt: skip
     params = map_params(params_from_tensors(tiny_tensors(h.as_dict(), seed=0, scale=0.02), h),
                         lambda a: np.ascontiguousarray(a, np.float32))  # fmt: skip
+    params = stream_layout(params)  # as generating holds them
     print(
         f"{h.n_layer} blocks, n_embd {h.n_embd}, {h.n_head} heads, vocabulary {h.n_vocab}; "
         f"{args.past} positions cached; medians of {args.repeats} rounds, ms per step"

@@ -5,6 +5,7 @@ rules are in ``generation.py``."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from picogpt2.util.backend import Backend, get_backend, tune_malloc
 from picogpt2.util.errors import InputError, WeightsError
 from picogpt2.util.memory import check_fits, trace_bytes
 from picogpt2.util.status import quiet
+from picogpt2.weights.layout import stream_layout
 from picogpt2.weights.loading import open_model
 from picogpt2.weights.locations import ModelRef
 from picogpt2.weights.params import map_params, params_from_tensors
@@ -88,25 +90,40 @@ class GPT2:
         trace: Trace = NO_TRACE,
         *,
         last_only: bool = False,
+        params: Params | None = None,
     ) -> np.ndarray:
-        """``gpt2`` with this model's weights: [n_batch, n_seq] -> logits,
-        checked to be finite."""
-        logits = gpt2(ids, **self.params, n_head=self.hparams.n_head, cache=cache, trace=trace,
+        """``gpt2`` with this model's weights (``params``, unless others are
+        given: ``decoding_params``): [n_batch, n_seq] -> logits, checked to
+        be finite."""
+        weights = self.params if params is None else params
+        logits = gpt2(ids, **weights, n_head=self.hparams.n_head, cache=cache, trace=trace,
                       last_only=last_only)  # fmt: skip
         return self._finite(logits)
+
+    @functools.cached_property
+    def decoding_params(self) -> Params:
+        """The weights as generating reads them. With NumPy, each matrix a
+        product reads is held contiguous along its longer side
+        (``weights/layout.py``): ``wte`` and every ``mlp/c_proj`` are copied
+        transposed at the process's first generation, and every token after
+        streams them faster. ``logits``, ``trace`` and scoring read
+        ``params`` as loaded, so their bits never depend on whether the
+        process generated."""
+        return stream_layout(self.params) if self.backend.lays_out_for_decoding else self.params
 
     def new_decoder(self) -> Callable[[np.ndarray, list[KVCache]], np.ndarray]:
         """What one generation runs for its prompt and each token after:
         ids [n_batch, n_seq] continuing the cache -> the last position's
         logits [n_batch, n_vocab], checked to be finite: ``forward`` with
-        ``last_only``, bit for bit. One new position runs in buffers of the
-        decoder's own (``fastpath/decode_step.py``), so it is one per
-        generation; several run ``forward``."""
-        step = DecodeStep(self.params, self.hparams.n_head)
+        ``last_only`` and ``decoding_params``, bit for bit. One new position
+        runs in buffers of the decoder's own (``fastpath/decode_step.py``),
+        so it is one per generation; several run ``forward``."""
+        params = self.decoding_params
+        step = DecodeStep(params, self.hparams.n_head)
 
         def decode(ids: np.ndarray, cache: list[KVCache]) -> np.ndarray:
             if ids.shape[1] > 1:
-                return self.forward(ids, cache, last_only=True)[:, 0]
+                return self.forward(ids, cache, last_only=True, params=params)[:, 0]
             return self._finite(step(ids, cache))
 
         return decode

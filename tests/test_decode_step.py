@@ -1,7 +1,8 @@
 """The decoder generating runs per token (fastpath/decode_step.py) is gpt2.gpt2
 for one new position, bit for bit: the same logits and the same keys and
 values in the cache, step after step, at every batch size, in float32 and
-float64, at the tests' widths and at 124M's (whose BLAS kernels differ)."""
+float64, at the tests' widths and at 124M's (whose BLAS kernels differ), with
+the weights laid out as generating holds them and as stored."""
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from picogpt2.hparams import HParams
 from picogpt2.model import GPT2, load_model
 from picogpt2.state import KVCache
 from picogpt2.util.errors import WeightsError
+from picogpt2.weights.layout import stream_layout
 from picogpt2.weights.params import map_params, params_from_tensors
 
 SHAPES = {
@@ -22,9 +24,12 @@ SHAPES = {
 }
 
 
-def params(h: HParams, dtype: str) -> dict:
-    tensors = tiny_tensors(h.as_dict(), seed=1, scale=0.3)
-    return map_params(params_from_tensors(tensors, h), lambda a: np.asarray(a, dtype))
+def params(h: HParams, dtype: str, layout: str = "stream") -> dict:
+    """Random weights, laid out as generating holds them (``stream``) or as
+    the checkpoint stores them."""
+    tensors = params_from_tensors(tiny_tensors(h.as_dict(), seed=1, scale=0.3), h)
+    tensors = stream_layout(tensors) if layout == "stream" else tensors
+    return map_params(tensors, lambda a: np.asarray(a, dtype))
 
 
 def caches(h: HParams, n_batch: int, like: np.ndarray) -> list[KVCache]:
@@ -41,9 +46,10 @@ def assert_same_caches(ours: list[KVCache], spec: list[KVCache]) -> None:
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("n_batch", [1, 3])
-def test_each_step_equals_gpt2_bit_for_bit(shape, dtype, n_batch):
+@pytest.mark.parametrize("layout", ["stream", "stored"])
+def test_each_step_equals_gpt2_bit_for_bit(shape, dtype, n_batch, layout):
     h = SHAPES[shape]
-    p = params(h, dtype)
+    p = params(h, dtype, layout)
     rng = np.random.default_rng(n_batch)
     prompt = rng.integers(0, h.n_vocab, (n_batch, 7))
     ours, spec = caches(h, n_batch, p["wte"]), caches(h, n_batch, p["wte"])

@@ -35,6 +35,10 @@ class Backend:
     upload: Callable[[Any, Any], Any]  # (array, dtype) -> array on the backend
     to_numpy: Callable[[Any], np.ndarray]
     available: Callable[[], int | None] = memory.available  # free bytes where arrays live
+    # Generating holds wte and mlp/c_proj transposed (weights/layout.py): measured
+    # faster with NumPy's OpenBLAS; on a GPU the copies would double them in its
+    # memory for a gain not measured.
+    lays_out_for_decoding: bool = False
 
 
 def _numpy_upload(array: Any, dtype: Any) -> np.ndarray:
@@ -42,7 +46,7 @@ def _numpy_upload(array: Any, dtype: Any) -> np.ndarray:
     return np.asarray(array, dtype=dtype)
 
 
-NUMPY = Backend("numpy", _numpy_upload, np.asarray)
+NUMPY = Backend("numpy", _numpy_upload, np.asarray, lays_out_for_decoding=True)
 
 # glibc's malloc gives blocks above a size threshold back to the kernel when
 # they are freed, so every forward pass faults its temporaries (an [n_seq,
