@@ -19,8 +19,9 @@ another layout round differently in the last bits, as another BLAS would.
 generation (a fifth of a second for 124M here, which a few dozen tokens
 repay; docs/benchmarks.md); ``logits``, ``trace`` and scoring read the
 weights as loaded. A copy made from a memory-mapped file hands the pages it
-was read from back to the kernel, so memory holds each weight once (the
-file stays mapped: reading the original reads the file again).
+was read from back to the kernel, so memory holds each weight once, and
+one matrix twice only while it is copied (the file stays mapped: reading
+the original reads the file again).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def release_mapped_pages(array: np.ndarray) -> None:
     left alone."""
     if not (array.flags.c_contiguous or array.flags.f_contiguous):
         return  # its bytes are not one range
-    base = array
+    base = array  # the np.memmap it views, which keeps its mmap.mmap as ``_mmap``
     while base is not None and getattr(base, "_mmap", None) is None:
         base = base.base
     if base is None or base.mode != "r" or not hasattr(base._mmap, "madvise"):
