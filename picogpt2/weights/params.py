@@ -232,10 +232,8 @@ def weights_digest(
             for i, child in enumerate(node):
                 visit(child, f"{place}/{i}")
         else:
-            every = np.arange(0, node.size, max(1, node.size // DIGEST_SAMPLES))[:DIGEST_SAMPLES]
-            # Counted in row-major order whatever the layout (weights/layout.py), not copied.
-            where = tuple(i.tolist() for i in np.unravel_index(every, node.shape))
-            sample = to_numpy(node[where])
+            flat = node.reshape(-1)
+            sample = to_numpy(flat[:: max(1, flat.size // DIGEST_SAMPLES)][:DIGEST_SAMPLES])
             digest.update(f"{place}:{list(node.shape)}:".encode())
             digest.update(np.asarray(sample, np.float64).tobytes())
 
