@@ -3,12 +3,14 @@ one prompt, decoded as one batch, against one sample, and against the
 "matmuls only" floor with as many rows.
 
     python benchmarks/bench_samples.py [--size 124M] [--repeats 5] [--top-k 40]
+                                       [--top-p P] [--temperature T]
 
 Random weights with the real shapes (speed does not depend on the values),
 float32. A sample decodes 32 tokens after a 16-token prompt, timed as
 T(33) - T(1) so the prompt is not counted; tokens/s counts every sample's
-tokens. Sampling is top-k 40 (OpenAI's suggestion for GPT-2), each sample
-with its own seed, and no sample stops early. All batch sizes run round
+tokens. Sampling is top-k 40 by default (OpenAI's suggestion for GPT-2;
+``--top-k 0`` turns it off, for ``--top-p`` or ``--temperature`` alone),
+each sample with its own seed, and no sample stops early. All batch sizes run round
 after round in one process (this machine is shared and noisy); the table
 shows medians.
 
@@ -42,13 +44,13 @@ PROMPT, N_DECODE = 16, 32
 BATCHES = (1, 2, 4, 8, 16)
 
 
-def ours_rate(model, n_samples: int, top_k: int) -> float:
+def ours_rate(model, n_samples: int, sampling: dict) -> float:
     """Decode tokens/s of all samples together."""
     prompt = list(range(PROMPT))
 
     def run(n_tokens: int) -> float:
         start = time.perf_counter()
-        model.generate_many(prompt, n_tokens, n_samples, top_k=top_k, seed=1, ignore_eot=True)
+        model.generate_many(prompt, n_tokens, n_samples, seed=1, ignore_eot=True, **sampling)
         return time.perf_counter() - start
 
     first = run(1)
@@ -79,8 +81,14 @@ def main() -> None:
     parser.add_argument("--size", default="124M")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "weights")
     parser.add_argument("--repeats", type=int, default=5, help="rounds (default 5)")
-    parser.add_argument("--top-k", type=int, default=40)
+    parser.add_argument("--top-k", type=int, default=40, help="0: no top-k (default 40)")
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--temperature", type=float)
     args = parser.parse_args()
+    sampling = {"top_k": args.top_k or None, "top_p": args.top_p, "temperature": args.temperature}
+    if not any(sampling.values()):
+        parser.error("give a sampling setting: this benchmark samples")
+    described = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in sampling.items() if v)
 
     import picogpt2
 
@@ -88,17 +96,17 @@ def main() -> None:
     model = picogpt2.load_model(name, args.models_dir, download=False)
     stored = as_stored(picogpt2.load_model(name, args.models_dir, download=False))
     for m in (model, stored):
-        m.generate_many(list(range(PROMPT)), 4, 8, top_k=args.top_k, seed=1)  # warm up
+        m.generate_many(list(range(PROMPT)), 4, 8, seed=1, **sampling)  # warm up
     ours: dict[int, list[float]] = {n: [] for n in BATCHES}
     before: dict[int, list[float]] = {n: [] for n in BATCHES}
     floor: dict[int, list[float]] = {n: [] for n in BATCHES}
     for _ in range(args.repeats):
         for n in BATCHES:
-            ours[n].append(ours_rate(model, n, args.top_k))
-            before[n].append(ours_rate(stored, n, args.top_k))
+            ours[n].append(ours_rate(model, n, sampling))
+            before[n].append(ours_rate(stored, n, sampling))
             floor[n].append(floor_rate(model, n))
     print(
-        f"{args.size}, float32, top-k {args.top_k}; {N_DECODE} tokens per sample after "
+        f"{args.size}, float32, {described}; {N_DECODE} tokens per sample after "
         f"{PROMPT}; medians of {args.repeats} interleaved rounds"
     )
     print(

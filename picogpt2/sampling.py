@@ -26,6 +26,13 @@ The rules, in order (as in OpenAI's sampler and transformers):
 8. Draw ``u = rng.uniform()`` and pick the first sorted token whose
    ``cdf > u * cdf_kept[-1]``.
 
+The code draws what these rules draw with less work: it sorts the kept
+values only, since equal values get equal weights and the order of ties
+matters only for the one token drawn (``token_at``); top-k's boundary is found
+among a few candidates (``top_values``); a penalty computes the penalised
+entries alone. ``tests/test_sampling.py`` holds the rules applied
+literally and checks the two agree.
+
 ``SplitMix64`` (below) produces ``u``: a 64-bit state, a fixed increment
 and two multiply-xorshift rounds; ``uniform`` keeps the top 53 bits. Sample
 ``j`` of several drawn together uses its own generator seeded ``seed + j``,
@@ -115,22 +122,53 @@ def is_greedy(temperature: float | None, top_k: int | None, top_p: float | None)
     return temperature == 0 or top_k == 1
 
 
-def penalize(z: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
-    """Step 2 on float64 ``z`` [n_vocab]; ``seen`` [n_vocab] is True at the
-    ids of the prompt and the continuation so far."""
-    return np.where(seen, np.where(z > 0, z / penalty, z * penalty), z)
+def penalize(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """Steps 1 and 2: float64 ``z`` [n_vocab] from the logits, penalised
+    where ``seen`` [n_vocab] is True (the ids of the prompt and the
+    continuation so far): only those few entries are computed."""
+    z = logits.astype(np.float64)  # a copy, whatever the logits' dtype
+    ids = np.flatnonzero(seen)
+    chosen = z[ids]
+    z[ids] = np.where(chosen > 0, chosen / penalty, chosen * penalty)
+    return z
 
 
-def sorted_candidates(z: np.ndarray, top_k: int | None) -> np.ndarray:
-    """Steps 4 and 5: the ids kept, sorted by descending ``z``, ties by
-    ascending id. With top-k, a partition finds the k-th largest value in
-    linear time and only the tokens at or above it are sorted: the same
-    ids, in the same order, as sorting all of them."""
-    if top_k is None or top_k >= len(z):
-        return np.argsort(-z, kind="stable")
-    kth = np.partition(z, len(z) - top_k)[len(z) - top_k]
-    ids = np.flatnonzero(z >= kth)  # ascending ids; ties at the boundary kept
-    return ids[np.argsort(-z[ids], kind="stable")]
+GROUPS = 1024  # the columns top_values bounds the k-th largest with
+
+
+def top_values(z: np.ndarray, k: int) -> np.ndarray:
+    """The entries of ``z`` [n] at or above its k-th largest (1 <= k <= n),
+    in no particular order: more than k only on a tie at the boundary.
+
+    Folded into GROUPS columns, z has GROUPS column maxima, distinct
+    entries; the k-th largest of them has at least k entries at or above
+    it, so it is at most z's k-th largest. The entries at or above it, a
+    few more than k, hold the answer: one small partition finds it instead
+    of a partition of all 50,257."""
+    n = len(z)
+    if n >= 8 * GROUPS and k <= GROUPS // 8:  # otherwise the bound would keep too many
+        maxima = np.max(np.reshape(z[: n - n % GROUPS], (-1, GROUPS)), axis=0)  # [GROUPS]
+        z = z[z >= np.partition(maxima, GROUPS - k)[GROUPS - k]]
+    kth = np.partition(z, len(z) - k)[len(z) - k]
+    return z[z >= kth]
+
+
+def kept_descending(z: np.ndarray, top_k: int | None) -> np.ndarray:
+    """Steps 4 and 5 on the values: the kept ``z``, descending. Equal values
+    give equal weights, so the cdf needs no tie order; ``token_at`` applies
+    it to the one token drawn."""
+    if top_k is not None and top_k < len(z):
+        z = top_values(z, top_k)
+    return np.sort(z)[::-1]
+
+
+def token_at(z: np.ndarray, kept: np.ndarray, i: int) -> int:
+    """The id at place ``i`` of step 4's order, ``kept`` being the kept
+    ``z`` descending: among the ids whose value is ``kept[i]``, ascending,
+    the one as many places after the first as ``i`` is."""
+    value = kept[i]
+    first = int(np.argmax(kept[: i + 1] == value))
+    return int(np.flatnonzero(z == value)[i - first])
 
 
 def sample(
@@ -150,15 +188,16 @@ def sample(
     # compare the logits as they come; only the kept tokens are converted.
     z = logits
     if repetition_penalty is not None and repetition_penalty != 1 and seen is not None:
-        z = penalize(logits.astype(np.float64), seen, repetition_penalty)  # steps 1 and 2
+        z = penalize(logits, seen, repetition_penalty)  # steps 1 and 2
     if is_greedy(temperature, top_k, top_p):  # step 3
         return int(np.argmax(z))
-    order = sorted_candidates(z, top_k)  # steps 4 and 5
-    z = z[order].astype(np.float64)  # step 1, for the kept tokens
+    kept = kept_descending(z, top_k)  # steps 4 and 5
+    z_kept = kept.astype(np.float64)  # step 1, for the kept tokens
+    gaps = z_kept - z_kept[0]
     with np.errstate(over="ignore"):  # a tiny temperature sends the gaps to -inf: exp gives 0
-        cdf = np.cumsum(np.exp((z - z[0]) / (1.0 if temperature is None else temperature)))  # 6
+        cdf = np.cumsum(np.exp(gaps / (1.0 if temperature is None else temperature)))  # step 6
     if top_p is not None and top_p < 1:  # step 7
         crossing = int(np.argmax(cdf / cdf[-1] >= top_p))
         cdf = cdf[: crossing + 1]
     u = rng.uniform()  # step 8
-    return int(order[int(np.searchsorted(cdf, u * cdf[-1], side="right"))])
+    return token_at(z, kept, int(np.searchsorted(cdf, u * cdf[-1], side="right")))

@@ -4,7 +4,14 @@ bit."""
 import numpy as np
 import pytest
 
-from picogpt2.sampling import SplitMix64, check_sampling_args, is_greedy, sample
+from picogpt2.sampling import (
+    GROUPS,
+    SplitMix64,
+    check_sampling_args,
+    is_greedy,
+    sample,
+    top_values,
+)
 
 
 def test_splitmix64_first_outputs_are_pinned():
@@ -155,3 +162,62 @@ def test_the_draw_is_made_in_float64():
         u = np.nextafter(u, 0.0)
     assert sample(logits, fixed_rng(float(u)), temperature=1.0) == 1
     assert sample(logits, fixed_rng(float(np.nextafter(u, 0.0))), temperature=1.0) == 0
+
+
+def by_the_rules(logits, rng, temperature=None, top_k=None, top_p=None, penalty=None, seen=None):
+    """The module docstring's rules, literally: every logit converted and
+    penalised, all of them sorted (stable, so ties by ascending id)."""
+    z = logits.astype(np.float64)  # step 1
+    if penalty is not None:  # step 2
+        z = np.where(seen, np.where(z > 0, z / penalty, z * penalty), z)
+    if is_greedy(temperature, top_k, top_p):  # step 3
+        return int(np.argmax(z))
+    order = np.argsort(-z, kind="stable")  # step 4
+    if top_k is not None:  # step 5
+        order = order[z[order] >= z[order[min(top_k, len(z)) - 1]]]
+    cdf = np.cumsum(np.exp((z[order] - z[order[0]]) / (temperature or 1.0)))  # step 6
+    if top_p is not None:  # step 7
+        cdf = cdf[: int(np.argmax(cdf / cdf[-1] >= top_p)) + 1]
+    return int(order[np.searchsorted(cdf, rng.uniform() * cdf[-1], side="right")])  # step 8
+
+
+def tied_logits(rng, n, kind):
+    """Logits with no ties, with some, and with thousands of each value."""
+    values = rng.standard_normal(n) * 3
+    return [values, np.round(values * 4) / 4, np.round(values)][kind].astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"temperature": 0.7}, {"top_k": 1}, {"top_k": 2}, {"top_k": 40}, {"top_k": GROUPS // 8},
+     {"top_k": GROUPS // 8 + 1}, {"top_k": 5000}, {"top_p": 0.9},
+     {"top_k": 40, "top_p": 0.5, "temperature": 1.3}, {"top_k": 50, "penalty": 1.3},
+     {"top_p": 0.95, "penalty": 0.8}, {"temperature": 1e-300}],
+)  # fmt: skip
+@pytest.mark.parametrize("n", [7, 1000, 8 * GROUPS + 3])
+def test_sample_draws_what_the_rules_draw(settings, n):
+    # The code sorts values, finds top-k's boundary among a few candidates
+    # and orders ties for the drawn token alone: the same token as the
+    # rules applied literally, for each seed, ties at the top, at top-k's
+    # boundary and where the draw lands included.
+    rng = np.random.default_rng(n)
+    seen = rng.random(n) < 0.05
+    penalty = settings.pop("penalty", None)
+    for kind in range(3):
+        logits = tied_logits(rng, n, kind)
+        for seed in range(6):
+            ours = sample(logits, SplitMix64(seed), repetition_penalty=penalty, seen=seen,
+                          **settings)  # fmt: skip
+            rules = by_the_rules(logits, SplitMix64(seed), penalty=penalty, seen=seen, **settings)
+            assert ours == rules, (kind, seed)
+
+
+@pytest.mark.parametrize("k", [1, 3, GROUPS // 8, GROUPS // 8 + 1, 20000])
+def test_top_values_are_those_at_or_above_the_kth_largest(k):
+    rng = np.random.default_rng(k)
+    for kind in range(3):
+        z = tied_logits(rng, 20000, kind)
+        kth = np.sort(z)[-k]
+        np.testing.assert_array_equal(np.sort(top_values(z, k)), np.sort(z[z >= kth]))
+    z = np.zeros(20000, np.float32)  # every entry ties: all are kept
+    assert len(top_values(z, k)) == 20000
