@@ -92,16 +92,6 @@ def check_lengths(n_prompt: int, n_tokens: int, n_ctx: int | None, n_samples: in
         raise InputError(f"n-samples must be >= 1, got {n_samples}")
 
 
-def check_memory(
-    h: HParams, n_prompt: int, n_tokens: int, n_samples: int, dtype: np.dtype, backend: Backend
-) -> None:
-    """Refuse a generation whose KV caches and logits cannot fit where the
-    model runs (``util/memory.py`` estimates them), before it starts."""
-    needed = generation_bytes(h, n_prompt, n_tokens, n_samples, np.dtype(dtype).itemsize)
-    what = f"{n_samples} sample{'s' if n_samples > 1 else ''} of {n_tokens} tokens"
-    check_fits(needed, what, backend.available())
-
-
 def check_generation(
     h: HParams | None,
     n_prompt: int,
@@ -109,14 +99,20 @@ def check_generation(
     n_samples: int,
     dtype: np.dtype,
     backend: Backend,
+    setup: int = 0,
 ) -> None:
     """The one check of a generation, before it starts: its lengths, and
-    the memory it needs where it runs. With ``h`` None (the model's sizes
+    the memory it needs where it runs: its KV caches and logits
+    (``util/memory.py`` estimates them) and ``setup``, what the model
+    allocates before the first step. With ``h`` None (the model's sizes
     not known yet: a released size not downloaded), the counts alone; a
     command checks what it can before a download, with this very function."""
     check_lengths(n_prompt, n_tokens, h.n_ctx if h else None, n_samples)
     if h is not None:
-        check_memory(h, n_prompt, n_tokens, n_samples, dtype, backend)
+        itemsize = np.dtype(dtype).itemsize
+        needed = setup + generation_bytes(h, n_prompt, n_tokens, n_samples, itemsize)
+        what = f"{n_samples} sample{'s' if n_samples > 1 else ''} of {n_tokens} tokens"
+        check_fits(needed, what, backend.available())
 
 
 def prompt_ids(encoder: Encoder, prompt: str) -> list[int]:
@@ -229,6 +225,8 @@ class LanguageModel(Protocol):
 
     def new_decoder(self) -> Callable[[np.ndarray, list[KVCache]], np.ndarray]: ...
 
+    def setup_bytes(self) -> int: ...
+
 
 def stream_many(
     model: LanguageModel, ids: Sequence[int], n_tokens: int, n_samples: int, settings: Settings
@@ -238,7 +236,7 @@ def stream_many(
     settings.check()
     prompt = model.upload_ids(ids)  # [1, n_seq]
     check_generation(model.hparams, prompt.shape[1], n_tokens, n_samples, model.dtype,
-                     model.backend)  # fmt: skip
+                     model.backend, model.setup_bytes())  # fmt: skip
     # A NumPy integer too, as a Python int: seed + j never wraps at 64 bits.
     seed = int(settings.seed) if settings.seed is not None else (
         int.from_bytes(os.urandom(8), "little") >> 1)  # fmt: skip

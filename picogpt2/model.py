@@ -23,7 +23,7 @@ from picogpt2.util.backend import Backend, get_backend, tune_malloc
 from picogpt2.util.errors import InputError, WeightsError
 from picogpt2.util.memory import check_fits, trace_bytes
 from picogpt2.util.status import quiet
-from picogpt2.weights.layout import stream_layout
+from picogpt2.weights.layout import layout_bytes, stream_layout
 from picogpt2.weights.loading import open_model
 from picogpt2.weights.locations import ModelRef
 from picogpt2.weights.params import map_params, params_from_tensors
@@ -110,6 +110,14 @@ class GPT2:
         ``params`` as loaded, so their bits never depend on whether the
         process generated."""
         return stream_layout(self.params) if self.backend.lays_out_for_decoding else self.params
+
+    def setup_bytes(self) -> int:
+        """The memory the next generation allocates before its first step,
+        beyond its caches: ``decoding_params``' copies, until the first
+        generation has made them (on NumPy; 0 after, and on other backends)."""
+        if "decoding_params" in self.__dict__ or not self.backend.lays_out_for_decoding:
+            return 0  # made (the cached property lives in the instance's dict), or never made
+        return layout_bytes(self.params)
 
     def new_decoder(self) -> Callable[[np.ndarray, list[KVCache]], np.ndarray]:
         """What one generation runs for its prompt and each token after:

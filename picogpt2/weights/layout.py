@@ -37,12 +37,22 @@ from picogpt2.gpt2 import Params
 ROWS_PER_COPY = 256  # rows copied at a time: they stay in the cache while their columns are written
 
 
+LAID_OUT = ("attn", "mlp")  # the parts of a block whose linear weights products read
+
+
+def is_longer_side_contiguous(w: np.ndarray) -> bool:
+    """Whether a matrix [rows, cols] is contiguous along its longer side (a
+    square one always is). The rule is the same for ``w`` and ``w.T``, so it
+    holds for ``wte``, read as ``wte.T``."""
+    rows, cols = w.shape
+    return rows == cols or (w.flags.f_contiguous if rows > cols else w.flags.c_contiguous)
+
+
 def longer_side_contiguous(w: np.ndarray) -> np.ndarray:
     """A matrix [rows, cols] contiguous along its longer side: ``w`` itself
-    when it is (or when it is square), else a copy that is. The rule is the
-    same for ``w`` and ``w.T``, so it holds for ``wte``, read as ``wte.T``."""
+    when it is, else a copy that is."""
     rows, cols = w.shape
-    if rows == cols or (w.flags.f_contiguous if rows > cols else w.flags.c_contiguous):
+    if is_longer_side_contiguous(w):
         return w
     if rows < cols:
         return longer_side_contiguous(w.T).T
@@ -65,11 +75,21 @@ def stream_layout(params: Params) -> Params:
     out["wte"] = longer_side_contiguous(params["wte"])
     out["blocks"] = [
         {part: {name: {**linear, "w": longer_side_contiguous(linear["w"])}
-                for name, linear in layers.items()} if part in ("attn", "mlp") else layers
+                for name, linear in layers.items()} if part in LAID_OUT else layers
          for part, layers in block.items()}
         for block in params["blocks"]
     ]  # fmt: skip
     return out
+
+
+def layout_bytes(params: Params) -> int:
+    """The bytes ``stream_layout`` allocates for its copies of ``params``:
+    memory a process's first generation takes beyond the mapped weights."""
+    matrices = [params["wte"]] + [
+        linear["w"] for block in params["blocks"] for part in LAID_OUT
+        for linear in block[part].values()
+    ]  # fmt: skip
+    return sum(w.nbytes for w in matrices if not is_longer_side_contiguous(w))
 
 
 def release_mapped_pages(array: np.ndarray) -> None:

@@ -75,6 +75,30 @@ def test_logits_are_as_loaded_and_greedy_ids_as_with_the_checkpoints_layout(conv
     assert model.generate(ids, 30, ignore_eot=True) == greedy[len(ids) :]
 
 
+def test_the_first_generation_counts_the_copies_it_will_make(converted_models):
+    from dataclasses import replace
+
+    from picogpt2.model import GPT2
+    from picogpt2.util.errors import InputError
+    from picogpt2.util.memory import generation_bytes
+
+    model = load_model("tiny", converted_models, show_progress=False)
+    h = model.hparams
+    copies = (h.n_vocab * h.n_embd + h.n_layer * 4 * h.n_embd * h.n_embd) * 4  # wte, mlp/c_proj
+    assert model.setup_bytes() == copies
+    # Room for the caches and logits, not for the copies as well:
+    room = generation_bytes(h, 2, 5, 3, 4) + copies // 2
+    cramped = GPT2(h, model.encoder, model.params, replace(model.backend, available=lambda: room),
+                   "float32", model.model_dir)  # fmt: skip
+    with pytest.raises(InputError, match="3 samples of 5 tokens would need about"):
+        cramped.generate_many([1, 2], 5, 3)
+    assert "decoding_params" not in cramped.__dict__  # refused before copying
+    model.generate([1, 2], 1)  # the copies made: a generation needs only its own memory now
+    assert model.setup_bytes() == 0
+    model.backend = replace(model.backend, available=lambda: room)
+    assert len(model.generate_many([1, 2], 5, 3)) == 3
+
+
 def mapped_kib(path: Path) -> int:
     """This process's resident KiB of its mappings of ``path`` (smaps)."""
     total, inside = 0, False
