@@ -35,8 +35,6 @@ import numpy as np
 from picogpt2.gpt2 import Params
 
 ROWS_PER_COPY = 256  # rows copied at a time: they stay in the cache while their columns are written
-
-
 LAID_OUT = ("attn", "mlp")  # the parts of a block whose linear weights products read
 
 
