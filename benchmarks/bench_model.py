@@ -120,24 +120,37 @@ def as_stored(model):
     return model
 
 
+def block_linears(params: dict) -> list[dict]:
+    """Every block's linear layers ({"w", "b"}), in the order a forward pass
+    multiplies by them: ``c_attn``, ``attn/c_proj``, ``c_fc``, ``mlp/c_proj``."""
+    order = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))
+    return [block[part][name] for block in params["blocks"] for part, name in order]
+
+
 class MatmulsOnly:
     """The matrix products of our forward pass and nothing else, on the
     weights as generating holds them (``decoding_params``)."""
 
     def __init__(self, model):
         p = model.decoding_params
-        self.matrices = [
-            block[part][name]["w"]
-            for block in p["blocks"]
-            for part, name in [("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"),
-                               ("mlp", "c_proj")]
-        ]  # fmt: skip
+        self.matrices = [linear["w"] for linear in block_linears(p)]
         self.wte = p["wte"]
+        self._ones: dict[tuple[int, int], np.ndarray] = {}
+
+    def ones(self, rows: int, width: int) -> np.ndarray:
+        """An input of ``rows`` rows, made once, so that only products are timed."""
+        if (rows, width) not in self._ones:
+            self._ones[rows, width] = np.ones((rows, width), self.wte.dtype)
+        return self._ones[rows, width]
+
+    def products(self, rows: int, head_rows: int) -> None:
+        """``rows`` rows times every block's matrices, then ``head_rows`` times the head."""
+        for w in self.matrices:
+            self.ones(rows, w.shape[0]) @ w
+        self.ones(head_rows, self.wte.shape[1]) @ self.wte.T
 
     def forward(self, n_seq: int) -> None:
-        for w in self.matrices:
-            np.ones((n_seq, w.shape[0]), w.dtype) @ w
-        np.ones((1, self.wte.shape[1]), self.wte.dtype) @ self.wte.T
+        self.products(n_seq, 1)  # the head for the last position, as decoding runs it
 
     def generate(self, ids: list[int], n: int) -> None:
         self.forward(len(ids))

@@ -36,7 +36,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_model import block_linears  # noqa: E402
 from tiny import tiny_tensors  # noqa: E402
 
 from picogpt2 import gpt2  # noqa: E402
@@ -74,9 +76,8 @@ def pieces(params: dict, h: HParams, past: int) -> dict[str, tuple[Callable[[], 
     x = rng.standard_normal((1, 1, e)).astype(np.float32)
     x4 = rng.standard_normal((1, 1, 4 * e)).astype(np.float32)
     # Every block's: the weights stream from memory, as in a step.
-    kinds = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))
-    matrices = [(b[part][name], x4 if (part, name) == ("mlp", "c_proj") else x)
-                for b in params["blocks"] for part, name in kinds]  # fmt: skip
+    matrices = [(linear, x4 if linear["w"].shape[0] == 4 * e else x)
+                for linear in block_linears(params)]  # fmt: skip
     cache = new_cache(h, past)
     cache.k[:, :, past] = cache.v[:, :, past] = 0  # the new position's slot, read below
     q = rng.standard_normal((1, h.n_head, 1, h.head_dim)).astype(np.float32)
